@@ -1,0 +1,120 @@
+"""The records that flow between txwatch's steps.
+
+>>> from datetime import datetime, UTC
+>>> from decimal import Decimal
+>>> t = Txn("t1", "u1", Decimal("12.50"), datetime(2018, 4, 1, tzinfo=UTC), "EUR", Decimal("12.50"))
+>>> t.ts_seconds
+1522540800.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+Severity = Literal["allow", "review", "block"]
+LabelValue = Literal["fraud", "legit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """A validated transaction. ``amount_base`` is the amount in the base currency."""
+
+    transaction_id: str
+    user_id: str
+    amount: Decimal
+    timestamp: datetime
+    currency: str
+    amount_base: Decimal
+    merchant_id: str | None = None
+    terminal_id: str | None = None
+    merchant_category: str | None = None
+    country: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    channel: str | None = None
+    utc_offset_minutes: int | None = None
+    """The offset the timestamp carried (for local hour of day), None when it carried none."""
+    received_at: float = 0.0
+    """Wall-clock seconds when the message reached the flow (for decision latency)."""
+    kafka_ts: float | None = None
+    """The Kafka message timestamp in seconds, when read from Kafka."""
+
+    @property
+    def ts_seconds(self) -> float:
+        return self.timestamp.timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """A delayed fraud label (chargeback, analyst review), the producer's and web's format."""
+
+    transaction_id: str
+    user_id: str
+    terminal_id: str | None
+    label: LabelValue
+    transaction_time: datetime
+    label_time: datetime
+
+    @property
+    def is_fraud(self) -> bool:
+        return self.label == "fraud"
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """An operator control, e.g. a snooze of a user or terminal until ``until``."""
+
+    kind: Literal["snooze"]
+    scope: Literal["user", "terminal"]
+    target: str
+    until: datetime
+    issued_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that could not be accepted, with the reason, as written to the DLQ."""
+
+    payload: bytes
+    reason: str
+    topic: str | None
+    partition: int | None
+    offset: int | None
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One factor of a decision: a code from :data:`operators.reasons.CODES`, words, a value."""
+
+    code: str
+    text: str
+    value: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "text": self.text, "value": self.value}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The decision on one transaction."""
+
+    txn: Txn
+    score: float
+    threshold: float
+    severity: Severity
+    reasons: tuple[Reason, ...]
+    features: dict[str, float]
+    components: dict[str, float]
+    model_version: str
+    worker: str = ""
+    decided_at: float = 0.0
+    snoozed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_alert(self) -> bool:
+        return self.severity != "allow" and not self.snoozed
