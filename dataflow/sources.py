@@ -1,0 +1,289 @@
+"""Where transactions, labels and controls enter the flow.
+
+Sources parse in place (with :mod:`operators.parse`) so that each partition can emit
+:class:`~operators.ordering.Watermark` items derived from the event times it has read: "no
+later transaction from this partition will be earlier than ts, except late ones". Parse
+failures come out as :class:`~operators.records.DeadLetter` items (a stream of errors, not a
+crash). Kafka offsets (and the watermark) are the partitions' recovery state.
+
+* :class:`TransactionSource` — the ``transactions`` topic (Txn | DeadLetter | Watermark)
+* :class:`LabelSource` — the ``labels`` topic (Label | DeadLetter)
+* :class:`ControlSource` — the ``controls`` topic (Control | DeadLetter)
+* :class:`ReplaySource` — a JSONL file in event-time order, with labels derived from its
+  ``is_fraud`` after a delay (``txwatch replay``)
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bytewax.connectors.kafka import KafkaSource
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING
+
+from operators.ordering import Watermark
+from operators.parse import InvalidMessage, TxnParser, parse_control, parse_label
+from operators.records import DeadLetter, Label
+from txwatch.metrics import get_metrics
+from txwatch.settings import Settings
+
+MARK_EVERY = 0.02
+"""Seconds (wall clock) between two watermarks of a partition: bounds their overhead."""
+
+
+def _dead(raw: bytes | None, reason: str, topic: str | None, part: int | None,
+          offset: int | None) -> DeadLetter:
+    return DeadLetter(raw or b"", reason, topic, part, offset, datetime.now(UTC))
+
+
+class _ParsingPartition(StatefulSourcePartition[Any, tuple[int | None, float]]):
+    """Wraps a Bytewax Kafka partition: parses each message, adds watermarks."""
+
+    def __init__(self, inner: Any, name: str, parts: int, parse: Callable[..., Any],
+                 input_name: str, lateness: float, resume_wm: float, marks: bool) -> None:
+        self.inner = inner
+        self.name = name
+        self.parts = parts
+        self.parse = parse
+        self.input_name = input_name
+        self.lateness = lateness
+        self.max_ts = resume_wm
+        self.marks = marks
+        self.last_mark = 0.0
+        self.sent = float("-inf")
+
+    def next_batch(self) -> list[Any]:
+        try:
+            msgs = self.inner.next_batch()
+        except StopIteration:
+            raise
+        out: list[Any] = []
+        now = time.time()
+        m = get_metrics()
+        for msg in msgs:
+            kmsg = getattr(msg, "msg", msg)  # KafkaError wraps the message
+            if msg is not kmsg:
+                out.append(_dead(kmsg.value, f"kafka error: {msg.err}", kmsg.topic,
+                                 kmsg.partition, kmsg.offset))
+                continue
+            ts_type, ts_ms = kmsg.timestamp
+            try:
+                item = self.parse(kmsg.value or b"", now, ts_ms / 1000.0 if ts_ms > 0 else None)
+            except InvalidMessage as e:
+                m.invalid.labels(input=self.input_name).inc()
+                if self.input_name == "transactions":
+                    m.consumed.labels(outcome="invalid").inc()
+                out.append(_dead(kmsg.value, str(e), kmsg.topic, kmsg.partition, kmsg.offset))
+                continue
+            out.append(item)
+            if self.marks:
+                ts = item.ts_seconds
+                if ts > self.max_ts:
+                    self.max_ts = ts
+        if self.marks and now - self.last_mark >= MARK_EVERY:
+            wm = self.max_ts - self.lateness
+            if wm > self.sent:
+                self.sent = wm
+                self.last_mark = now
+                out.append(Watermark(self.name, wm, self.parts))
+        return out
+
+    def next_awake(self) -> datetime | None:
+        return self.inner.next_awake()
+
+    def snapshot(self) -> tuple[int | None, float]:
+        return (self.inner.snapshot(), self.max_ts)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _ParsingKafkaSource(FixedPartitionedSource[Any, tuple[int | None, float]]):
+    input_name = "transactions"
+    marks = False
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.settings = settings
+        self.topic = topic
+        cfg = settings.kafka_config()
+        brokers = cfg.pop("bootstrap.servers").split(",")
+        self.kafka = KafkaSource(
+            brokers,
+            [topic],
+            tail=settings.kafka_tail,
+            starting_offset=OFFSET_BEGINNING,
+            add_config=cfg,
+            batch_size=settings.kafka_batch_size,
+            raise_on_errors=False,
+        )
+        self._parts: list[str] | None = None
+
+    def list_parts(self) -> list[str]:
+        if self._parts is None:
+            self._parts = self.kafka.list_parts()
+            if not self._parts:
+                raise RuntimeError(
+                    f"topic {self.topic!r} not found on {self.settings.kafka_brokers}: "
+                    "create it (txwatch creates topics in the demo; see README)"
+                )
+        return self._parts
+
+    def _parser(self) -> Callable[..., Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def build_part(self, step_id: str, for_part: str,
+                   resume_state: tuple[int | None, float] | None) -> _ParsingPartition:
+        from txwatch.observability import ensure_metrics_server
+
+        ensure_metrics_server(self.settings)
+        offset, wm = resume_state if resume_state is not None else (None, float("-inf"))
+        inner = self.kafka.build_part(step_id, for_part, offset)
+        return _ParsingPartition(inner, for_part, len(self.list_parts()), self._parser(),
+                                 self.input_name, self.settings.lateness_seconds, wm,
+                                 self.marks)
+
+
+class TransactionSource(_ParsingKafkaSource):
+    """The transactions topic, parsed, with watermarks."""
+
+    input_name = "transactions"
+    marks = True
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, settings.transactions_topic)
+
+    def _parser(self) -> Callable[..., Any]:
+        return TxnParser(self.settings).parse
+
+
+class LabelSource(_ParsingKafkaSource):
+    """The labels topic, parsed. Labels take part in no watermark: they are applied when the
+    transactions' watermark passes their ``label_time`` (or on arrival, if later)."""
+
+    input_name = "labels"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, settings.labels_topic)
+
+    def _parser(self) -> Callable[..., Any]:
+        mx = self.settings.max_message_bytes
+        return lambda raw, now, kts: parse_label(raw, mx)
+
+
+class ControlSource(_ParsingKafkaSource):
+    """The controls topic (snoozes from the review page)."""
+
+    input_name = "controls"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, settings.controls_topic)
+
+    def _parser(self) -> Callable[..., Any]:
+        return lambda raw, now, kts: parse_control(raw)
+
+
+# --------------------------------------------------------------------------------------------
+class _ReplayPartition(StatefulSourcePartition[Any, tuple[int, float]]):
+    def __init__(self, path: str, settings: Settings, label_delay: float | None,
+                 resume: tuple[int, float] | None, batch: int, progress: Any) -> None:
+        self.f = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self.parser = TxnParser(settings)
+        self.label_delay = label_delay
+        self.batch = batch
+        self.progress = progress
+        self.lateness = settings.lateness_seconds
+        self.max_ts = float("-inf")
+        self.labels: list[tuple[float, str, Label]] = []
+        self.line = 0
+        self.eof = False
+        if resume is not None:
+            self.f.seek(resume[0])
+            self.max_ts = resume[1]
+
+    def next_batch(self) -> list[Any]:
+        if self.eof:
+            raise StopIteration
+        out: list[Any] = []
+        m = get_metrics()
+        now = time.time()
+        for _ in range(self.batch):
+            pos = self.f.tell()
+            raw = self.f.readline()
+            if not raw:
+                self.eof = True
+                break
+            self.line += 1
+            raw = raw.rstrip(b"\r\n")
+            if not raw.strip():
+                continue
+            try:
+                t = self.parser.parse(raw, now)
+            except InvalidMessage as e:
+                m.invalid.labels(input="transactions").inc()
+                m.consumed.labels(outcome="invalid").inc()
+                out.append(_dead(raw, str(e), "file", 0, pos))
+                continue
+            ts = t.ts_seconds
+            # labels whose time has come go out before the transaction that passes them
+            while self.labels and self.labels[0][0] <= ts:
+                out.append(heapq.heappop(self.labels)[2])
+            out.append(t)
+            if ts > self.max_ts:
+                self.max_ts = ts
+            if self.label_delay is not None:
+                self._label_for(raw, t)
+        if self.eof:
+            while self.labels:
+                out.append(heapq.heappop(self.labels)[2])
+        out.append(Watermark("replay", self.max_ts - self.lateness, 1))
+        if self.progress is not None:
+            self.progress(self.line)
+        return out
+
+    def _label_for(self, raw: bytes, t: Any) -> None:
+        # the handbook's protocol: every transaction is labelled from the file's ground
+        # truth, `label_delay` after it happened. Only this source reads `is_fraud`.
+        try:
+            fraud = bool(json.loads(raw).get("is_fraud", 0))
+        except ValueError:
+            return
+        lt = t.timestamp + timedelta(seconds=self.label_delay or 0.0)
+        lb = Label(t.transaction_id, t.user_id, t.terminal_id, "fraud" if fraud else "legit",
+                   t.timestamp, lt)
+        heapq.heappush(self.labels, (lt.timestamp(), t.transaction_id, lb))
+
+    def snapshot(self) -> tuple[int, float]:
+        return (self.f.tell(), self.max_ts)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class ReplaySource(FixedPartitionedSource[Any, tuple[int, float]]):
+    """A JSONL file of transactions in event-time order, as one partition.
+
+    With ``label_delay`` (seconds), every transaction is labelled from the file's
+    ``is_fraud`` and the label enters the flow ``label_delay`` after the transaction, through
+    the same label path as the Kafka ``labels`` topic.
+    """
+
+    def __init__(self, path: str, settings: Settings, label_delay: float | None = None,
+                 batch: int = 1000, progress: Any = None) -> None:
+        self.path = path
+        self.settings = settings
+        self.label_delay = label_delay
+        self.batch = batch
+        self.progress = progress
+
+    def list_parts(self) -> list[str]:
+        return ["replay"]
+
+    def build_part(self, step_id: str, for_part: str,
+                   resume_state: tuple[int, float] | None) -> _ReplayPartition:
+        return _ReplayPartition(self.path, self.settings, self.label_delay, resume_state,
+                                self.batch, self.progress)

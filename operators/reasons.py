@@ -1,0 +1,165 @@
+"""Reasons: the top factors of a decision, in plain words, from a small fixed vocabulary.
+
+Each candidate has a *salience* (how unusual the factor is, roughly in standard deviations);
+the most salient ones above :data:`MIN_SALIENCE` become the decision's reasons.
+
+>>> [r.code for r in explain({"amt_ratio_mean": 5.3, "u_n": 40, "new_terminal": 1.0,
+...                           "amt_robust_z": 9.0}, {})]
+['amount_vs_user_median', 'amount_vs_user_mean', 'new_terminal']
+>>> explain({"amt_ratio_mean": 5.3, "u_n": 40}, {})[0].text
+"amount 5.3× this user's 30-day mean"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from operators.records import Reason
+
+CODES: dict[str, str] = {
+    "amount_vs_user_mean": "amount far above the user's 30-day mean",
+    "amount_vs_user_median": "amount far above the user's usual amounts (robust z-score)",
+    "amount_percentile": "amount above every recent amount of the user",
+    "new_terminal": "first transaction at this terminal",
+    "new_merchant": "first transaction at this merchant",
+    "new_category": "first transaction in this merchant category",
+    "new_country": "first transaction in this country",
+    "terminal_risk": "share of known fraud at this terminal",
+    "terminal_recent_fraud": "fraud confirmed at this terminal recently",
+    "travel_speed": "implied travel speed since the previous transaction",
+    "far_from_home": "distance from the user's usual area",
+    "velocity_1h": "many transactions in the last hour",
+    "velocity_1d": "many transactions in the last day",
+    "unusual_hour": "unusual hour of day for this user",
+    "cold_start": "new user: judged against the population",
+    "supervised": "resembles transactions labelled as fraud",
+    "anomaly_model": "unusual combination of features for this user",
+}
+"""The reason-code vocabulary (code → meaning). Metrics label alerts by these codes only."""
+
+MIN_SALIENCE = 1.0
+MAX_REASONS = 4
+
+Candidate = tuple[float, Reason]
+
+
+def _amount(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
+    out: list[Candidate] = []
+    if f.get("u_n", 0) < 3:
+        return out
+    r = f.get("amt_ratio_mean", 1.0)
+    if r >= 2.0:
+        out.append((r, Reason("amount_vs_user_mean", f"amount {r:.1f}× this user's 30-day mean", r)))
+    z = f.get("amt_robust_z", 0.0)
+    if z >= 3.0:
+        out.append((z / 1.5, Reason(
+            "amount_vs_user_median", f"amount {z:.1f} robust deviations above this user's median", z
+        )))
+    p = f.get("amt_pctl", 0.5)
+    if p >= 1.0 and f.get("u_n", 0) >= 10:
+        out.append((1.2, Reason("amount_percentile", "largest amount among this user's last 32", p)))
+    return out
+
+
+def _novelty(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
+    out: list[Candidate] = []
+    if f.get("u_n", 0) < 5:
+        return out
+    for key, code, text, sal in (
+        ("new_terminal", "new_terminal", "first transaction at this terminal", 1.1),
+        ("new_merchant", "new_merchant", "first transaction at this merchant", 1.05),
+        ("new_category", "new_category", "first transaction in this merchant category", 1.3),
+        ("new_country", "new_country", "first transaction in this country", 2.0),
+    ):
+        if f.get(key, 0.0) >= 1.0:
+            out.append((sal, Reason(code, text, 1.0)))
+    return out
+
+
+def _terminal(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
+    out: list[Candidate] = []
+    for w in (1, 7, 30):
+        risk = f.get(f"term_risk_{w}d", 0.0)
+        if risk >= 0.05:
+            out.append((1.0 + 10 * risk, Reason(
+                "terminal_risk", f"terminal fraud risk {100 * risk:.0f} % over {w} days", risk
+            )))
+            break
+    age = f.get("term_days_since_fraud", 60.0)
+    if age < 30:
+        out.append((3.0 - age / 15, Reason(
+            "terminal_recent_fraud", f"fraud confirmed at this terminal {age:.0f} days before", age
+        )))
+    return out
+
+
+def _travel(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
+    out: list[Candidate] = []
+    v = f.get("speed_kmh", 0.0)
+    if v >= 300:
+        out.append((min(6.0, v / 200), Reason("travel_speed", f"implied travel speed {v:.0f} km/h", v)))
+    d = f.get("dist_home_km", 0.0)
+    if d >= 100 and f.get("u_n", 0) >= 3:
+        out.append((min(5.0, d / 200), Reason(
+            "far_from_home", f"{d:,.0f} km from this user's usual area", d
+        )))
+    return out
+
+
+def _velocity(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
+    out: list[Candidate] = []
+    n1h = f.get("u_cnt_1h", 0.0)
+    if n1h >= 3:
+        out.append((n1h / 2, Reason(
+            "velocity_1h", f"{n1h:.0f} earlier transactions in the last hour", n1h
+        )))
+    n1d = f.get("u_cnt_1d", 0.0)
+    usual = f.get("u_cnt_30d", 0.0) / 30
+    if n1d >= 6 and n1d >= 3 * max(usual, 1.0):
+        out.append((n1d / max(usual, 1.0) / 2, Reason(
+            "velocity_1d", f"{n1d:.0f} transactions in the last day (usual {usual:.1f})", n1d
+        )))
+    return out
+
+
+def _habit(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
+    r = f.get("hour_rarity", 0.0)
+    if r >= 1.5 and f.get("u_n", 0) >= 20:
+        return [(r, Reason("unusual_hour", "unusual hour of day for this user", r))]
+    return []
+
+
+def _models(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
+    out: list[Candidate] = []
+    if c.get("maturity", 1.0) < 0.5:
+        out.append((1.0, Reason("cold_start", "new user: judged against the population",
+                                c.get("maturity", 0.0))))
+    p = c.get("supervised")
+    if p is not None and p >= 0.5:
+        out.append((2.0 + 3 * p, Reason(
+            "supervised", f"resembles transactions labelled as fraud (p = {p:.2f})", p
+        )))
+    return out
+
+
+RULES: tuple[Callable[[dict[str, float], dict[str, float]], list[Candidate]], ...] = (
+    _amount, _novelty, _terminal, _travel, _velocity, _habit, _models,
+)
+
+
+def explain(features: dict[str, float], components: dict[str, float]) -> list[Reason]:
+    """The most salient reasons, most salient first (at most :data:`MAX_REASONS`)."""
+    cands: list[Candidate] = []
+    for rule in RULES:
+        cands.extend(rule(features, components))
+    cands.sort(key=lambda c: -c[0])
+    seen: set[str] = set()
+    out: list[Reason] = []
+    for sal, r in cands:
+        if sal < MIN_SALIENCE or r.code in seen:
+            continue
+        seen.add(r.code)
+        out.append(r)
+        if len(out) == MAX_REASONS:
+            break
+    return out

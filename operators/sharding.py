@@ -1,0 +1,35 @@
+"""Logical shards: a fixed, stable mapping of ids to shard keys.
+
+Results depend on the number of logical shards (a setting), never on the number of workers:
+shards are Bytewax keys, and Bytewax spreads keys over whatever workers there are.
+``crc32`` is stable across processes and runs (Python's ``hash()`` of a str is not).
+
+>>> shard_of("user-42", 8)
+3
+>>> user_key("user-42", 8), terminal_key(None, 8)
+('u3', 't0')
+"""
+
+from __future__ import annotations
+
+import zlib
+
+
+def shard_of(value: str, shards: int) -> int:
+    return zlib.crc32(value.encode()) % shards
+
+
+def user_key(user_id: str, shards: int) -> str:
+    return f"u{shard_of(user_id, shards)}"
+
+
+def terminal_key(terminal_id: str | None, shards: int) -> str:
+    return f"t{shard_of(terminal_id or '', shards)}"
+
+
+def all_user_keys(shards: int) -> list[str]:
+    return [f"u{i}" for i in range(shards)]
+
+
+def all_terminal_keys(shards: int) -> list[str]:
+    return [f"t{i}" for i in range(shards)]

@@ -1,0 +1,409 @@
+"""The two stateful stages of the flow, as Bytewax ``StatefulLogic`` classes.
+
+``TerminalStage`` (keyed by terminal shard) and ``UserStage`` (keyed by user shard) both
+process their input in event-time order through an :class:`~operators.ordering.
+EventTimeBuffer`, so the same input gives the same scores whatever the number of workers.
+
+Shapes (see :mod:`dataflow.build`)::
+
+    TerminalStage in:  Txn | Label | Watermark | Control
+    TerminalStage out: ("t", Txn, terminal features) | ("l", Label) | ("w", Watermark)
+                       | ("c", Control)
+    UserStage in:      the above
+    UserStage out:     Decision
+
+State is snapshotted as pickled bytes: immutable, and its size is the snapshot size.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bytewax.operators import StatefulLogic
+
+from operators.decision import decide_severity
+from operators.ordering import EventTimeBuffer, Watermark
+from operators.reasons import explain
+from operators.records import Control, Decision, Label, Txn
+from operators.scoring import Detector
+from operators.terminal import TerminalState
+from operators.user import UserState
+from txwatch.metrics import get_metrics
+
+STATE_VERSION = 1
+"""Layout version of the stages' snapshots. A release that changes the layout bumps it; an
+older snapshot is refused with instructions for a warm start (see README, Recovery)."""
+
+KIND_LABEL = 0  # labels sort before transactions of the same instant
+KIND_TXN = 1
+
+
+class IncompatibleSnapshot(RuntimeError):
+    """A recovery snapshot was written by a release with another state layout."""
+
+
+def _check_version(snap: dict[str, Any], step: str) -> None:
+    v = snap.get("version")
+    if v != STATE_VERSION:
+        raise IncompatibleSnapshot(
+            f"step {step!r}: recovery snapshot has state version {v}, this release reads "
+            f"{STATE_VERSION}. Warm start: point TXWATCH_RECOVERY_DIR at a fresh directory "
+            "(python -m bytewax.recovery DIR N) and replay history into it; see README, Recovery."
+        )
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """What the stages need from the settings."""
+
+    lateness: float = 0.25
+    max_hold: float = 1.0
+    terminal_shards: int = 8
+    user_shards: int = 8
+    source_partitions: int = 1
+    dedupe_horizon: float = 2 * 86400.0
+    threshold: float = 3.5
+    block_threshold: float = 8.0
+    user_ttl: float = 90 * 86400.0
+    label_horizon: float = 35 * 86400.0
+    max_pending_labels: int = 2_000_000
+    detector_factory: Callable[[Any], Detector] = field(default=lambda state: _default(state))
+
+
+def _default(state: Any) -> Detector:
+    from operators.scoring import ZScoreDetector
+
+    return ZScoreDetector(state=state)
+
+
+def _now() -> float:
+    return time.time()
+
+
+class _OrderedStage(StatefulLogic[Any, Any, bytes]):
+    """Common buffering: push, release by watermark, hold timeout, drain at EOF."""
+
+    stage = ""
+
+    def __init__(self, cfg: StageConfig, buf: EventTimeBuffer) -> None:
+        self.cfg = cfg
+        self.buf = buf
+
+    def _process(self, item: Any) -> list[Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _sort_key(self, item: Any) -> tuple[float, int, str] | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _on_watermark(self, wm: Watermark, released: list[Any]) -> list[Any]:
+        return []
+
+    def on_item(self, value: Any) -> tuple[Iterable[Any], bool]:
+        out: list[Any] = []
+        if isinstance(value, Watermark):
+            released = self.buf.advance(value.origin, value.ts, value.origins)
+            for it in released:
+                out.extend(self._process(it))
+            out.extend(self._on_watermark(value, released))
+            return out, StatefulLogic.RETAIN
+        key = self._sort_key(value)
+        if key is None:  # not ordered (controls)
+            return self._process(value), StatefulLogic.RETAIN
+        if self.buf.is_late(key[0]):
+            get_metrics().late_events.labels(stage=self.stage).inc()
+            return self._process(value), StatefulLogic.RETAIN
+        self.buf.push(key, value, _now())
+        return out, StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        oldest = self.buf.oldest_arrival()
+        if oldest is None or self.cfg.max_hold >= 1e8:
+            return None
+        return datetime.fromtimestamp(oldest + self.cfg.max_hold, tz=UTC)
+
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
+        out: list[Any] = []
+        for it in self.buf.expire(_now() - self.cfg.max_hold + 1e-3):
+            out.extend(self._process(it))
+        out.extend(self._on_watermark(Watermark("hold", self.buf.watermark, 0), []))
+        return out, StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
+        out: list[Any] = []
+        for it in self.buf.drain():
+            out.extend(self._process(it))
+        return out, StatefulLogic.RETAIN
+
+
+# --------------------------------------------------------------------------------------------
+class TerminalStage(_OrderedStage):
+    """Per terminal shard: dedupe, terminal windows and delayed-label risk."""
+
+    stage = "terminal"
+
+    def __init__(self, key: str, cfg: StageConfig, resume: bytes | None) -> None:
+        self.key = key
+        if resume is None:
+            buf = EventTimeBuffer(cfg.source_partitions)
+            self.terminals: dict[str, TerminalState] = {}
+            self.seen: dict[str, float] = {}
+            self.seen_order: deque[tuple[float, str]] = deque()
+            self.labels: dict[str, bool] = {}
+            self.sent_wm = float("-inf")
+        else:
+            snap = pickle.loads(resume)  # noqa: S301 - our own recovery store
+            _check_version(snap, "terminal")
+            buf = EventTimeBuffer.restore(snap["buf"])
+            self.terminals = snap["terminals"]
+            self.seen = snap["seen"]
+            self.seen_order = deque(snap["seen_order"])
+            self.labels = snap["labels"]
+            self.sent_wm = snap["sent_wm"]
+        super().__init__(cfg, buf)
+
+    def _sort_key(self, item: Any) -> tuple[float, int, str] | None:
+        if isinstance(item, Txn):
+            return (item.ts_seconds, KIND_TXN, item.transaction_id)
+        if isinstance(item, Label):
+            return (item.label_time.timestamp(), KIND_LABEL, item.transaction_id)
+        return None
+
+    def _process(self, item: Any) -> list[Any]:
+        m = get_metrics()
+        if isinstance(item, Txn):
+            ts = item.ts_seconds
+            dkey = f"{item.user_id}\x00{item.transaction_id}"
+            if dkey in self.seen:
+                m.consumed.labels(outcome="duplicate").inc()
+                return []
+            self.seen[dkey] = ts
+            self.seen_order.append((ts, dkey))
+            horizon = ts - self.cfg.dedupe_horizon
+            so = self.seen_order
+            while so and so[0][0] < horizon:
+                self.seen.pop(so.popleft()[1], None)
+            tid = item.terminal_id or ""
+            term = self.terminals.get(tid)
+            if term is None:
+                term = self.terminals[tid] = TerminalState()
+            feats = term.features(ts) if item.terminal_id else {}
+            term.learn_txn(ts)
+            return [("t", item, feats)]
+        if isinstance(item, Label):
+            m.labels_received.labels(label=item.label).inc()
+            m.label_lag.observe(
+                max(0.0, (item.label_time - item.transaction_time).total_seconds())
+            )
+            tid = item.terminal_id or ""
+            term = self.terminals.get(tid)
+            if term is None:
+                term = self.terminals[tid] = TerminalState()
+            tts = item.transaction_time.timestamp()
+            prev = self.labels.get(item.transaction_id)
+            if prev is not None:  # a later label replaces an earlier one
+                term.remove_label(tts, prev)
+            term.apply_label(tts, item.is_fraud)
+            self.labels[item.transaction_id] = item.is_fraud
+            if len(self.labels) > 4 * self.cfg.max_pending_labels // max(1, self.cfg.terminal_shards):
+                self.labels.clear()  # bounded: only replacement of very old labels is lost
+            return [("l", item)]
+        if isinstance(item, Control):
+            return [("c", item)]
+        return []
+
+    def _on_watermark(self, wm: Watermark, released: list[Any]) -> list[Any]:
+        w = self.buf.watermark
+        if w > self.sent_wm:
+            self.sent_wm = w
+            get_metrics().terminals_in_state.set(len(self.terminals))
+            return [("w", Watermark(self.key, w, self.cfg.terminal_shards))]
+        return []
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(
+            {
+                "version": STATE_VERSION,
+                "buf": self.buf.snapshot(),
+                "terminals": self.terminals,
+                "seen": self.seen,
+                "seen_order": list(self.seen_order),
+                "labels": self.labels,
+                "sent_wm": self.sent_wm,
+            },
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Pending:
+    """What is kept of a scored transaction until its label arrives."""
+
+    ts: float
+    features: dict[str, float]
+    alerted: bool
+
+
+class UserStage(_OrderedStage):
+    """Per user shard: user features, models, decision, learning, labels, snoozes."""
+
+    stage = "user"
+
+    def __init__(self, key: str, cfg: StageConfig, resume: bytes | None, worker: str = "") -> None:
+        self.key = key
+        self.worker = worker
+        if resume is None:
+            buf = EventTimeBuffer(cfg.terminal_shards)
+            self.users: dict[str, UserState] = {}
+            self.pending: dict[str, Pending] = {}
+            self.snoozes: dict[tuple[str, str], float] = {}
+            self.detector = cfg.detector_factory(None)
+            self.clock = float("-inf")
+            self.last_evict = float("-inf")
+        else:
+            snap = pickle.loads(resume)  # noqa: S301 - our own recovery store
+            _check_version(snap, "user")
+            buf = EventTimeBuffer.restore(snap["buf"])
+            self.users = snap["users"]
+            self.pending = snap["pending"]
+            self.snoozes = snap["snoozes"]
+            self.detector = cfg.detector_factory(snap["detector"])
+            self.clock = snap["clock"]
+            self.last_evict = snap["last_evict"]
+        super().__init__(cfg, buf)
+
+    def _sort_key(self, item: Any) -> tuple[float, int, str] | None:
+        kind = item[0]
+        if kind == "t":
+            t: Txn = item[1]
+            return (t.ts_seconds, KIND_TXN, t.transaction_id)
+        if kind == "l":
+            lb: Label = item[1]
+            return (lb.label_time.timestamp(), KIND_LABEL, lb.transaction_id)
+        return None
+
+    def on_item(self, value: Any) -> tuple[Iterable[Any], bool]:
+        if value[0] == "w":
+            return super().on_item(value[1])
+        return super().on_item(value)
+
+    def _process(self, item: Any) -> list[Any]:
+        kind = item[0]
+        if kind == "t":
+            return self._txn(item[1], item[2])
+        if kind == "l":
+            self._label(item[1])
+            return []
+        if kind == "c":
+            c: Control = item[1]
+            self.snoozes[(c.scope, c.target)] = c.until.timestamp()
+        return []
+
+    def _txn(self, t: Txn, term_feats: dict[str, float]) -> list[Any]:
+        m = get_metrics()
+        cfg = self.cfg
+        ts = t.ts_seconds
+        if ts > self.clock:
+            self.clock = ts
+        user = self.users.get(t.user_id)
+        if user is None:
+            user = self.users[t.user_id] = UserState()
+        amount = float(t.amount_base)
+        local_hour = None
+        if t.utc_offset_minutes is not None:
+            local_hour = int(((ts + t.utc_offset_minutes * 60) // 3600) % 24)
+        kw = {
+            "terminal": t.terminal_id,
+            "merchant": t.merchant_id,
+            "category": t.merchant_category,
+            "country": t.country,
+            "lat": t.lat,
+            "lon": t.lon,
+            "local_hour": local_hour,
+        }
+        feats = user.features(ts, amount, **kw)
+        feats.update(term_feats)
+        score, comps = self.detector.score(user, feats)
+        threshold = comps.pop("threshold", cfg.threshold)
+        severity = decide_severity(score, threshold, max(cfg.block_threshold, threshold))
+        reasons = tuple(explain(feats, comps)) if severity != "allow" else ()
+        snoozed = False
+        if severity != "allow":
+            for scope, target in (("user", t.user_id), ("terminal", t.terminal_id or "")):
+                until = self.snoozes.get((scope, target))
+                if until is not None and ts < until:
+                    snoozed = True
+        d = Decision(
+            txn=t,
+            score=score,
+            threshold=threshold,
+            severity=severity,
+            reasons=reasons,
+            features=feats,
+            components=comps,
+            model_version=self.detector.version,
+            worker=self.worker,
+            decided_at=_now(),
+            snoozed=snoozed,
+        )
+        self.detector.learn(user, feats, score)
+        user.learn(ts, amount, **kw)
+        self.pending[t.transaction_id] = Pending(ts, feats, d.is_alert)
+        m.consumed.labels(outcome="scored").inc()
+        if comps.get("maturity", 1.0) < 0.5:
+            m.cold_start_scores.inc()
+        if ts - self.last_evict > 3600.0:
+            self._evict(ts)
+        return [d]
+
+    def _label(self, lb: Label) -> None:
+        p = self.pending.pop(lb.transaction_id, None)
+        if p is None:
+            return
+        self.detector.learn_label(p.features, lb.is_fraud)
+        if p.alerted:
+            get_metrics().labelled_alerts.labels(label=lb.label).inc()
+
+    def _evict(self, now: float) -> None:
+        self.last_evict = now
+        cutoff = now - self.cfg.user_ttl
+        idle = [u for u, s in self.users.items() if s.last_ts < cutoff]
+        for u in idle:
+            del self.users[u]
+        if idle:
+            get_metrics().evicted_users.inc(len(idle))
+        lcut = now - self.cfg.label_horizon
+        old = [k for k, p in self.pending.items() if p.ts < lcut]
+        for k in old:
+            del self.pending[k]
+        if len(self.pending) > self.cfg.max_pending_labels // max(1, self.cfg.user_shards):
+            for k in sorted(self.pending, key=lambda k: self.pending[k].ts)[
+                : len(self.pending) // 4
+            ]:
+                del self.pending[k]
+        self.snoozes = {k: v for k, v in self.snoozes.items() if v > now}
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(
+            {
+                "version": STATE_VERSION,
+                "buf": self.buf.snapshot(),
+                "users": self.users,
+                "pending": self.pending,
+                "snoozes": self.snoozes,
+                "detector": self.detector.snapshot(),
+                "clock": self.clock,
+                "last_evict": self.last_evict,
+            },
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+
+
+def in_future(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)

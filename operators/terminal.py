@@ -1,0 +1,101 @@
+"""Per-terminal state: transaction counts and fraud risk from delayed labels.
+
+Processed in event-time order (see :mod:`operators.ordering`), so a transaction's features
+depend only on what happened at its terminal before it, and on labels whose ``label_time``
+is not later than its own time. Counts are kept in day buckets (UTC days) for the last
+``HORIZON_DAYS`` days; a window of ``W`` days covers the current day so far and the ``W-1``
+days before it, as in the handbook's features.
+
+>>> st = TerminalState()
+>>> st.features(86400.0 * 10)["term_n_7d"]
+0.0
+>>> st.learn_txn(86400.0 * 10)
+>>> st.apply_label(86400.0 * 10, True)
+>>> f = st.features(86400.0 * 10 + 60)
+>>> (f["term_n_1d"], f["term_risk_1d"], round(f["term_days_since_fraud"], 3))
+(1.0, 1.0, 0.001)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DAY = 86_400.0
+HORIZON_DAYS = 31
+WINDOWS = (1, 7, 30)
+NO_FRAUD_DAYS = 60.0
+"""Value of ``term_days_since_fraud`` when no fraud is known at the terminal."""
+
+
+@dataclass(slots=True)
+class TerminalState:
+    """Day buckets ``day -> [transactions, labelled, known frauds]`` and the last fraud."""
+
+    days: dict[int, list[int]] = field(default_factory=dict)
+    last_fraud_ts: float | None = None
+    last_seen: float = 0.0
+
+    def features(self, ts: float) -> dict[str, float]:
+        today = int(ts // DAY)
+        out: dict[str, float] = {}
+        days = self.days
+        for w in WINDOWS:
+            n = lab = fr = 0
+            for d in range(today - w + 1, today + 1):
+                b = days.get(d)
+                if b is not None:
+                    n += b[0]
+                    lab += b[1]
+                    fr += b[2]
+            out[f"term_n_{w}d"] = float(n)
+            out[f"term_risk_{w}d"] = fr / n if n else 0.0
+            if w == 30:
+                out["term_lab_risk_30d"] = fr / lab if lab else 0.0
+        if self.last_fraud_ts is None:
+            out["term_days_since_fraud"] = NO_FRAUD_DAYS
+        else:
+            out["term_days_since_fraud"] = min(
+                NO_FRAUD_DAYS, max(0.0, (ts - self.last_fraud_ts) / DAY)
+            )
+        return out
+
+    def learn_txn(self, ts: float) -> None:
+        day = int(ts // DAY)
+        b = self.days.get(day)
+        if b is None:
+            self.days[day] = [1, 0, 0]
+            self._prune(day)
+        else:
+            b[0] += 1
+        self.last_seen = max(self.last_seen, ts)
+
+    def apply_label(self, txn_ts: float, is_fraud: bool) -> None:
+        """A label for a transaction at ``txn_ts`` (a later label for the same transaction
+        replaces the earlier one: callers pass ``undo`` labels through :meth:`remove_label`)."""
+        day = int(txn_ts // DAY)
+        b = self.days.get(day)
+        if b is None:
+            if day < int(self.last_seen // DAY) - HORIZON_DAYS:
+                return  # too old to matter
+            b = self.days[day] = [0, 0, 0]
+        b[1] += 1
+        if is_fraud:
+            b[2] += 1
+            if self.last_fraud_ts is None or txn_ts > self.last_fraud_ts:
+                self.last_fraud_ts = txn_ts
+
+    def remove_label(self, txn_ts: float, was_fraud: bool) -> None:
+        b = self.days.get(int(txn_ts // DAY))
+        if b is None:
+            return
+        b[1] = max(0, b[1] - 1)
+        if was_fraud:
+            b[2] = max(0, b[2] - 1)
+
+    def _prune(self, today: int) -> None:
+        if len(self.days) > HORIZON_DAYS + 8:
+            for d in [d for d in self.days if d <= today - HORIZON_DAYS]:
+                del self.days[d]
+
+    def idle_since(self, ts: float) -> float:
+        return ts - self.last_seen

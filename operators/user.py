@@ -1,0 +1,255 @@
+"""Per-user behaviour: the features that carry a user's own baseline, and how they learn.
+
+``features()`` is computed *before* ``learn()`` sees the transaction, so a transaction is
+always judged against the history before it. State is compact (see ``__slots__`` and
+:meth:`UserState.__getstate__`): about 1 KiB pickled for a user with 30 days of history.
+
+>>> from datetime import datetime, UTC
+>>> u = UserState()
+>>> for i in range(20):
+...     f = u.features(1000.0 + i * 3600, 20.0 + i % 3, terminal="T1")
+...     u.learn(1000.0 + i * 3600, 20.0 + i % 3, terminal="T1")
+>>> f = u.features(1000.0 + 21 * 3600, 500.0, terminal="T2")
+>>> f["amt_robust_z"] > 10, f["new_terminal"]
+(True, 1.0)
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from array import array
+from typing import Any
+
+HOUR = 3600.0
+DAY = 86_400.0
+RING = 32
+"""Amounts kept for the robust statistics (median, MAD, percentile)."""
+RECENT_MAX = 64
+"""Most transactions kept for the 1-hour and 1-day windows."""
+BLOOM_BITS = 1024
+EARTH_KM = 6371.0
+
+
+def _bits(value: str, salt: int) -> int:
+    # Two stable hashes (crc32, never Python's randomised hash()) into a 1,024-bit Bloom set.
+    h = zlib.crc32(value.encode(), salt)
+    return (1 << (h % BLOOM_BITS)) | (1 << ((h >> 10) % BLOOM_BITS))
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in km.
+
+    >>> round(haversine_km(48.85, 2.35, 51.51, -0.13))
+    344
+    """
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp = p2 - p1
+    dl = math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+class UserState:
+    """Everything txwatch remembers about one user (models' state included by the scorer)."""
+
+    __slots__ = (
+        "amounts",
+        "days",
+        "first_ts",
+        "home",
+        "hours",
+        "last_loc",
+        "last_ts",
+        "log_m2",
+        "log_mean",
+        "model",
+        "n",
+        "recent",
+        "score_q",
+        "seen",
+    )
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.first_ts = 0.0
+        self.last_ts = 0.0
+        self.log_mean = 0.0
+        self.log_m2 = 0.0
+        self.amounts = array("f")  # ring of the last RING amounts
+        self.recent: list[tuple[float, float]] = []  # (ts, amount) of the last 24 h
+        self.days: dict[int, list[float]] = {}  # day -> [count, sum], last 30 days
+        self.seen = [0, 0, 0, 0]  # Bloom sets: terminal, merchant, category, country
+        self.home: tuple[float, float, float] | None = None  # (lat, lon, weight)
+        self.last_loc: tuple[float, float] | None = None
+        self.hours = array("H", bytes(48))
+        self.model: Any = None  # the per-user model's state (see operators.scoring)
+        self.score_q: Any = None  # running quantile of this user's scores
+
+    # --- pickling: compact tuples, no per-attribute dict ------------------------------------
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, s) for s in self.__slots__)
+
+    def __setstate__(self, st: tuple[Any, ...]) -> None:
+        for s, v in zip(self.__slots__, st, strict=True):
+            setattr(self, s, v)
+
+    # --- features ---------------------------------------------------------------------------
+    def features(
+        self,
+        ts: float,
+        amount: float,
+        *,
+        terminal: str | None = None,
+        merchant: str | None = None,
+        category: str | None = None,
+        country: str | None = None,
+        lat: float | None = None,
+        lon: float | None = None,
+        local_hour: int | None = None,
+    ) -> dict[str, float]:
+        """Features of a transaction against this user's history (which it does not change)."""
+        n = self.n
+        la = math.log1p(amount)
+        f: dict[str, float] = {"amount": amount, "log_amount": la, "u_n": float(n)}
+        # windows: 1 h and 1 d from the recent list, 7 d and 30 d from day buckets
+        c1h = s1h = c1d = s1d = 0.0
+        for t, a in self.recent:
+            dt = ts - t
+            if dt < DAY:
+                c1d += 1
+                s1d += a
+                if dt < HOUR:
+                    c1h += 1
+                    s1h += a
+        today = int(ts // DAY)
+        c7 = s7 = c30 = s30 = 0.0
+        for d, (c, s) in self.days.items():
+            age = today - d
+            if 0 <= age < 30:
+                c30 += c
+                s30 += s
+                if age < 7:
+                    c7 += c
+                    s7 += s
+        f["u_cnt_1h"], f["u_sum_1h"] = c1h, s1h
+        f["u_cnt_1d"], f["u_sum_1d"] = c1d, s1d
+        f["u_cnt_7d"], f["u_sum_7d"] = c7, s7
+        f["u_cnt_30d"], f["u_sum_30d"] = c30, s30
+        f["u_mean_1d"] = s1d / c1d if c1d else 0.0
+        f["u_mean_7d"] = s7 / c7 if c7 else 0.0
+        f["u_mean_30d"] = s30 / c30 if c30 else 0.0
+        # amount against the user's own history
+        if n >= 2:
+            var = self.log_m2 / (n - 1)
+            sd = math.sqrt(var) if var > 1e-12 else 0.0
+            f["amt_z_log"] = (la - self.log_mean) / max(sd, 0.05)
+        else:
+            f["amt_z_log"] = 0.0
+        mean_ref = f["u_mean_30d"] or (math.expm1(self.log_mean) if n else 0.0)
+        f["amt_ratio_mean"] = amount / mean_ref if mean_ref > 0 else 1.0
+        ring = self.amounts
+        if len(ring) >= 3:
+            srt = sorted(ring)
+            k = len(srt)
+            med = srt[k // 2] if k % 2 else 0.5 * (srt[k // 2 - 1] + srt[k // 2])
+            mad = sorted(abs(x - med) for x in srt)
+            m = mad[k // 2] if k % 2 else 0.5 * (mad[k // 2 - 1] + mad[k // 2])
+            scale = max(1.4826 * m, 0.05 * med, 0.5)
+            f["amt_robust_z"] = (amount - med) / scale
+            below = sum(1 for x in srt if x < amount) + 0.5 * sum(1 for x in srt if x == amount)
+            f["amt_pctl"] = below / k
+        else:
+            f["amt_robust_z"] = 0.0
+            f["amt_pctl"] = 0.5
+        f["secs_since_prev"] = ts - self.last_ts if n else -1.0
+        # novelty (Bloom sets: a false "seen" is possible, a false "new" is not)
+        seen = self.seen
+        f["new_terminal"] = _new(seen[0], terminal, 1) if n else 0.0
+        f["new_merchant"] = _new(seen[1], merchant, 2) if n else 0.0
+        f["new_category"] = _new(seen[2], category, 3) if n else 0.0
+        f["new_country"] = _new(seen[3], country, 4) if n else 0.0
+        # location and travel
+        dist = speed = 0.0
+        if lat is not None and lon is not None:
+            if self.home is not None:
+                dist = haversine_km(lat, lon, self.home[0], self.home[1])
+            if self.last_loc is not None and n:
+                hop = haversine_km(lat, lon, self.last_loc[0], self.last_loc[1])
+                hours = max((ts - self.last_ts) / HOUR, 1.0 / 60)  # at least a minute
+                speed = hop / hours
+        f["dist_home_km"] = dist
+        f["speed_kmh"] = speed
+        # hour of day against habit
+        hour = local_hour if local_hour is not None else int(ts // HOUR) % 24
+        total = sum(self.hours)
+        f["hour_rarity"] = -math.log((self.hours[hour] + 1) / (total + 24)) - math.log(24)
+        return f
+
+    def learn(
+        self,
+        ts: float,
+        amount: float,
+        *,
+        terminal: str | None = None,
+        merchant: str | None = None,
+        category: str | None = None,
+        country: str | None = None,
+        lat: float | None = None,
+        lon: float | None = None,
+        local_hour: int | None = None,
+    ) -> None:
+        """Add a transaction to the history (after it was scored)."""
+        if self.n == 0:
+            self.first_ts = ts
+        self.n += 1
+        la = math.log1p(amount)
+        d = la - self.log_mean
+        self.log_mean += d / self.n
+        self.log_m2 += d * (la - self.log_mean)
+        ring = self.amounts
+        if len(ring) < RING:
+            ring.append(amount)
+        else:
+            ring[self.n % RING] = amount
+        recent = [r for r in self.recent if ts - r[0] < DAY]
+        recent.append((ts, amount))
+        self.recent = recent[-RECENT_MAX:]
+        day = int(ts // DAY)
+        b = self.days.get(day)
+        if b is None:
+            self.days[day] = [1.0, amount]
+            for old in [k for k in self.days if k <= day - 30]:
+                del self.days[old]
+        else:
+            b[0] += 1
+            b[1] += amount
+        seen = self.seen
+        if terminal:
+            seen[0] |= _bits(terminal, 1)
+        if merchant:
+            seen[1] |= _bits(merchant, 2)
+        if category:
+            seen[2] |= _bits(category, 3)
+        if country:
+            seen[3] |= _bits(country, 4)
+        if lat is not None and lon is not None:
+            if self.home is None:
+                self.home = (lat, lon, 1.0)
+            else:
+                hl, ho, w = self.home
+                w2 = min(w + 1.0, 50.0)  # running mean, then a slow moving average
+                self.home = (hl + (lat - hl) / w2, ho + (lon - ho) / w2, w2)
+            self.last_loc = (lat, lon)
+        hour = local_hour if local_hour is not None else int(ts // HOUR) % 24
+        if self.hours[hour] >= 60000:
+            self.hours = array("H", (h // 2 for h in self.hours))
+        self.hours[hour] += 1
+        self.last_ts = max(self.last_ts, ts)
+
+
+def _new(bits: int, value: str | None, salt: int) -> float:
+    if not value:
+        return 0.0
+    b = _bits(value, salt)
+    return 0.0 if bits & b == b else 1.0

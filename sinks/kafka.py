@@ -1,0 +1,62 @@
+"""Kafka sinks: dead letters and decisions, as JSON, through Bytewax's ``KafkaSink``.
+
+Bytewax's sink flushes the producer after every batch (delivery before the epoch closes);
+txwatch configures it idempotent with ``acks=all`` so librdkafka retries without duplicates.
+
+>>> from datetime import datetime, UTC
+>>> from operators.records import DeadLetter
+>>> msg = dead_letter_message(DeadLetter(b"\\xff", "not valid UTF-8", "transactions", 0, 7,
+...                                      datetime(2024, 1, 1, tzinfo=UTC)))
+>>> json.loads(msg.value)["payload_b64"], json.loads(msg.value)["reason"]
+('/w==', 'not valid UTF-8')
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
+
+from operators.records import DeadLetter, Decision
+from txwatch.settings import Settings
+
+
+def dead_letter_message(d: DeadLetter) -> KafkaSinkMessage[bytes | None, bytes]:
+    body = {
+        "payload_b64": base64.b64encode(d.payload).decode(),
+        "reason": d.reason,
+        "topic": d.topic,
+        "partition": d.partition,
+        "offset": d.offset,
+        "received_at": d.received_at.isoformat().replace("+00:00", "Z"),
+    }
+    return KafkaSinkMessage(key=None, value=json.dumps(body).encode())
+
+
+def decision_json(d: Decision) -> dict[str, object]:
+    return {
+        "transaction_id": d.txn.transaction_id,
+        "user_id": d.txn.user_id,
+        "timestamp": d.txn.timestamp.isoformat().replace("+00:00", "Z"),
+        "decision": d.severity,
+        "alert": d.is_alert,
+        "snoozed": d.snoozed,
+        "score": d.score,
+        "threshold": d.threshold,
+        "reasons": [r.code for r in d.reasons],
+        "model_version": d.model_version,
+    }
+
+
+def decision_message(d: Decision) -> KafkaSinkMessage[bytes, bytes]:
+    return KafkaSinkMessage(key=d.txn.user_id.encode(), value=json.dumps(decision_json(d)).encode())
+
+
+def kafka_sink(settings: Settings, topic: str) -> KafkaSink:
+    cfg = settings.kafka_config()
+    brokers = cfg.pop("bootstrap.servers").split(",")
+    cfg.setdefault("enable.idempotence", "true")
+    cfg.setdefault("acks", "all")
+    cfg.setdefault("linger.ms", "5")
+    return KafkaSink(brokers, topic, add_config=cfg)

@@ -1,0 +1,205 @@
+"""The PostgreSQL alert sink: batched, idempotent, retried, never dropping an alert.
+
+Delivery: at-least-once from Bytewax (after a resume, up to one snapshot interval of output
+is emitted again), made exactly-once in the table by ``ON CONFLICT (transaction_id)``, which
+updates only the detection columns, so a replay never resets an analyst's review.
+
+When the database is unreachable, alerts wait in a backlog (retried in the background with
+exponential backoff); the backlog is part of the sink's recovery snapshot, so a crash during
+an outage loses nothing. Past ``TXWATCH_SINK_MAX_BACKLOG`` the sink blocks, which holds the
+whole worker (and its input) back until the database answers again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from psycopg.types.json import Jsonb
+
+from operators.records import Decision
+from txwatch.metrics import get_metrics
+
+log = logging.getLogger(__name__)
+SINK = "postgres"
+
+COLUMNS = (
+    "transaction_id", "user_id", "event_time", "amount", "currency", "amount_base",
+    "merchant_id", "terminal_id", "merchant_category", "country", "channel", "score",
+    "threshold", "severity", "reasons", "features", "components", "model_version", "worker",
+    "detected_at",
+)
+DETECTION_COLUMNS = COLUMNS[1:]
+UPSERT = (
+    f"INSERT INTO alerts ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))}) "
+    "ON CONFLICT (transaction_id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in DETECTION_COLUMNS)
+)
+
+
+def _finite(v: float) -> float | None:
+    return v if v == v and v not in (float("inf"), float("-inf")) else None
+
+
+def alert_row(d: Decision) -> tuple[Any, ...]:
+    """The ``alerts`` row of a decision (plain values: picklable for the backlog snapshot)."""
+    t = d.txn
+    return (
+        t.transaction_id,
+        t.user_id,
+        t.timestamp,
+        t.amount,
+        t.currency,
+        t.amount_base,
+        t.merchant_id,
+        t.terminal_id,
+        t.merchant_category,
+        t.country,
+        t.channel,
+        float(d.score),
+        float(d.threshold),
+        d.severity,
+        json.dumps([r.as_dict() for r in d.reasons]),
+        json.dumps({k: _finite(v) for k, v in d.features.items()}),
+        json.dumps({k: _finite(v) for k, v in d.components.items()}),
+        d.model_version,
+        d.worker,
+        datetime.fromtimestamp(d.decided_at or time.time(), tz=UTC),
+    )
+
+
+class _AlertPartition(StatefulSinkPartition[tuple[Any, ...], list[tuple[Any, ...]]]):
+    def __init__(self, dsn: str, batch_size: int, max_backlog: int, retry_max: float,
+                 resume: list[tuple[Any, ...]] | None) -> None:
+        self.dsn = dsn
+        self.batch_size = batch_size
+        self.max_backlog = max_backlog
+        self.retry_max = retry_max
+        self.backlog: list[tuple[Any, ...]] = list(resume or [])
+        self.conn: psycopg.Connection[Any] | None = None
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopping = False
+        self.backoff = 0.1
+        self.thread = threading.Thread(target=self._retry_loop, name="alert-sink", daemon=True)
+        self.thread.start()
+        self._gauge()
+
+    def _gauge(self) -> None:
+        get_metrics().sink_backlog.labels(sink=SINK).set(len(self.backlog))
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        if self.conn is None or self.conn.closed:
+            self.conn = psycopg.connect(self.dsn, connect_timeout=5)
+        return self.conn
+
+    def _flush_locked(self) -> bool:
+        """Write the backlog in batches; True when it is empty. Caller holds the lock."""
+        m = get_metrics()
+        while self.backlog:
+            batch = self.backlog[: self.batch_size]
+            # one row per transaction id in a batch (the last decision wins)
+            rows = list({r[0]: r for r in batch}.values())
+            t0 = time.perf_counter()
+            try:
+                conn = self._connect()
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(
+                        UPSERT,
+                        [r[:14] + (Jsonb(json.loads(r[14])), Jsonb(json.loads(r[15])),
+                                   Jsonb(json.loads(r[16]))) + r[17:] for r in rows],
+                    )
+            except psycopg.Error as e:
+                m.sink_errors.labels(sink=SINK).inc()
+                log.warning("alert sink: write of %d rows failed: %s", len(rows), e)
+                if self.conn is not None:
+                    try:
+                        self.conn.close()
+                    except psycopg.Error:
+                        pass
+                self.conn = None
+                return False
+            m.sink_write_seconds.observe(time.perf_counter() - t0)
+            m.sink_batch_size.observe(len(rows))
+            m.sink_rows_written.labels(sink=SINK).inc(len(rows))
+            del self.backlog[: len(batch)]
+            self.backoff = 0.1
+            self._gauge()
+        return True
+
+    def _retry_loop(self) -> None:
+        while not self.stopping:
+            self.wake.wait(self.backoff)
+            self.wake.clear()
+            with self.lock:
+                if self.backlog and not self.stopping:
+                    get_metrics().sink_retries.labels(sink=SINK).inc()
+                    if not self._flush_locked():
+                        self.backoff = min(self.retry_max, self.backoff * 2)
+
+    def write_batch(self, values: list[tuple[Any, ...]]) -> None:
+        with self.lock:
+            self.backlog.extend(values)
+            self._gauge()
+            if self._flush_locked():
+                return
+        # the database is unreachable: keep going while the backlog is bounded, then hold
+        # the worker (and so the input) back until the background retries drain it
+        while True:
+            with self.lock:
+                if len(self.backlog) <= self.max_backlog:
+                    return
+            self.wake.set()
+            time.sleep(min(self.backoff, 1.0))  # waiting on an external service
+
+    def snapshot(self) -> list[tuple[Any, ...]]:
+        with self.lock:
+            return list(self.backlog)
+
+    def close(self) -> None:
+        # at shutdown, keep trying to write what is left (a clean stop loses nothing)
+        deadline = time.monotonic() + 10 * self.retry_max
+        while True:
+            with self.lock:
+                if self._flush_locked() or time.monotonic() > deadline:
+                    break
+            time.sleep(min(self.backoff, 1.0))
+        self.stopping = True
+        self.wake.set()
+        if self.backlog:
+            log.error("alert sink closing with %d unwritten alerts (kept in the recovery "
+                      "snapshot when recovery is on)", len(self.backlog))
+        if self.conn is not None:
+            self.conn.close()
+
+
+class AlertSink(FixedPartitionedSink[tuple[Any, ...], list[tuple[Any, ...]]]):
+    """Upserts alert rows into ``alerts``; one partition per logical user shard.
+
+    Takes ``(user shard key, alert_row(decision))`` items.
+    """
+
+    def __init__(self, dsn: str, parts: list[str], batch_size: int = 500,
+                 max_backlog: int = 10_000, retry_max: float = 30.0) -> None:
+        self.dsn = dsn
+        self.parts = parts
+        self.batch_size = batch_size
+        self.max_backlog = max_backlog
+        self.retry_max = retry_max
+
+    def list_parts(self) -> list[str]:
+        return list(self.parts)
+
+    def part_fn(self, item_key: str) -> int:
+        return self.parts.index(item_key) if item_key in self.parts else 0
+
+    def build_part(self, step_id: str, for_part: str,
+                   resume_state: list[tuple[Any, ...]] | None) -> _AlertPartition:
+        return _AlertPartition(self.dsn, self.batch_size, self.max_backlog, self.retry_max,
+                               resume_state)
