@@ -71,7 +71,7 @@ class _ParsingPartition(StatefulSourcePartition[Any, tuple[int | None, float]]):
                 out.append(_dead(kmsg.value, f"kafka error: {msg.err}", kmsg.topic,
                                  kmsg.partition, kmsg.offset))
                 continue
-            ts_type, ts_ms = kmsg.timestamp
+            _ts_type, ts_ms = kmsg.timestamp
             try:
                 item = self.parse(kmsg.value or b"", now, ts_ms / 1000.0 if ts_ms > 0 else None)
             except InvalidMessage as e:

@@ -49,7 +49,8 @@ def _amount(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
         return out
     r = f.get("amt_ratio_mean", 1.0)
     if r >= 2.0:
-        out.append((r, Reason("amount_vs_user_mean", f"amount {r:.1f}× this user's 30-day mean", r)))
+        text = f"amount {r:.1f}× this user's 30-day mean"
+        out.append((r, Reason("amount_vs_user_mean", text, r)))
     z = f.get("amt_robust_z", 0.0)
     if z >= 3.0:
         out.append((z / 1.5, Reason(
@@ -57,7 +58,8 @@ def _amount(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
         )))
     p = f.get("amt_pctl", 0.5)
     if p >= 1.0 and f.get("u_n", 0) >= 10:
-        out.append((1.2, Reason("amount_percentile", "largest amount among this user's last 32", p)))
+        text = "largest amount among this user's last 32"
+        out.append((1.2, Reason("amount_percentile", text, p)))
     return out
 
 
@@ -97,7 +99,8 @@ def _travel(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
     out: list[Candidate] = []
     v = f.get("speed_kmh", 0.0)
     if v >= 300:
-        out.append((min(6.0, v / 200), Reason("travel_speed", f"implied travel speed {v:.0f} km/h", v)))
+        text = f"implied travel speed {v:.0f} km/h"
+        out.append((min(6.0, v / 200), Reason("travel_speed", text, v)))
     d = f.get("dist_home_km", 0.0)
     if d >= 100 and f.get("u_n", 0) >= 3:
         out.append((min(5.0, d / 200), Reason(

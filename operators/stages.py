@@ -210,7 +210,8 @@ class TerminalStage(_OrderedStage):
                 term.remove_label(tts, prev)
             term.apply_label(tts, item.is_fraud)
             self.labels[item.transaction_id] = item.is_fraud
-            if len(self.labels) > 4 * self.cfg.max_pending_labels // max(1, self.cfg.terminal_shards):
+            cap = 4 * self.cfg.max_pending_labels // max(1, self.cfg.terminal_shards)
+            if len(self.labels) > cap:
                 self.labels.clear()  # bounded: only replacement of very old labels is lost
             return [("l", item)]
         if isinstance(item, Control):

@@ -12,6 +12,7 @@ whole worker (and its input) back until the database answers again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 
 import psycopg
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from operators.records import Decision
@@ -36,10 +38,15 @@ COLUMNS = (
     "detected_at",
 )
 DETECTION_COLUMNS = COLUMNS[1:]
-UPSERT = (
-    f"INSERT INTO alerts ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))}) "
-    "ON CONFLICT (transaction_id) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in DETECTION_COLUMNS)
+UPSERT = sql.SQL(
+    "INSERT INTO alerts ({cols}) VALUES ({vals}) "
+    "ON CONFLICT (transaction_id) DO UPDATE SET {sets}"
+).format(
+    cols=sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
+    vals=sql.SQL(", ").join([sql.Placeholder()] * len(COLUMNS)),
+    sets=sql.SQL(", ").join(
+        sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in DETECTION_COLUMNS
+    ),
 )
 
 
@@ -112,17 +119,15 @@ class _AlertPartition(StatefulSinkPartition[tuple[Any, ...], list[tuple[Any, ...
                 with conn.transaction(), conn.cursor() as cur:
                     cur.executemany(
                         UPSERT,
-                        [r[:14] + (Jsonb(json.loads(r[14])), Jsonb(json.loads(r[15])),
-                                   Jsonb(json.loads(r[16]))) + r[17:] for r in rows],
+                        [(*r[:14], Jsonb(json.loads(r[14])), Jsonb(json.loads(r[15])),
+                          Jsonb(json.loads(r[16])), *r[17:]) for r in rows],
                     )
             except psycopg.Error as e:
                 m.sink_errors.labels(sink=SINK).inc()
                 log.warning("alert sink: write of %d rows failed: %s", len(rows), e)
                 if self.conn is not None:
-                    try:
+                    with contextlib.suppress(psycopg.Error):
                         self.conn.close()
-                    except psycopg.Error:
-                        pass
                 self.conn = None
                 return False
             m.sink_write_seconds.observe(time.perf_counter() - t0)
