@@ -1,0 +1,29 @@
+# The txwatch image: the dataflow (python -m bytewax.run dataflow), the producer, the review web
+# app and the command line, all from one `pip install .`. docker-compose.yml builds it.
+FROM python:3.11.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY txwatch ./txwatch
+COPY dataflow ./dataflow
+COPY operators ./operators
+COPY sinks ./sinks
+COPY producer ./producer
+COPY migrations ./migrations
+RUN pip install . \
+    && useradd --system --uid 10001 --no-create-home --home-dir /app txwatch \
+    && mkdir /recovery \
+    && chown txwatch /recovery
+
+# /recovery is the Bytewax recovery directory; compose mounts a volume shared by all workers.
+VOLUME ["/recovery"]
+USER txwatch
+# 9100: txwatch /metrics, /healthz, /readyz; 3030: bytewax dataflow API; 2101: cluster;
+# 8080: review web app.
+EXPOSE 9100 3030 2101 8080
+CMD ["txwatch", "--help"]
