@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -11,7 +10,6 @@ import psycopg
 import pytest
 
 from sinks.retention import prune
-from txwatch.embedded import EmbeddedPostgres
 from txwatch.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,32 +18,13 @@ NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 pytestmark = pytest.mark.integration
 
 
-def _migrate(dsn: str) -> None:
-    try:
-        from sinks.migrate import migrate
-    except ImportError:
-        sql = (ROOT / "migrations" / "0001_alerts.sql").read_text()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[call-overload]  # fixed file from the repo
-    else:
-        migrate(dsn)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("retention") / "pg").start()
-    try:
-        _migrate(pg.uri)
-        yield pg
-    finally:
-        pg.stop()
-
-
 @pytest.fixture
-def dsn(server: EmbeddedPostgres) -> Iterator[str]:
-    yield server.uri
-    with psycopg.connect(server.uri, autocommit=True) as conn:
-        conn.execute("TRUNCATE alerts, alert_reviews, snoozes")
+def dsn(pg: str) -> str:
+    """A fresh database (conftest's ``pg``) with the project's migrations applied in order."""
+    with psycopg.connect(pg, autocommit=True) as conn:
+        for path in sorted((ROOT / "migrations").glob("[0-9][0-9][0-9][0-9]_*.sql")):
+            conn.execute(path.read_text())  # type: ignore[call-overload]  # the repo's own SQL
+    return pg
 
 
 def add_alert(conn: psycopg.Connection, tx: str, event_time: datetime, reviews: int = 0) -> None:
