@@ -85,7 +85,7 @@ def average_path_length(n: int) -> float:
     """``c(n)``: mean path length of an unsuccessful search in a binary search tree of ``n``.
 
     >>> average_path_length(1), average_path_length(2), round(average_path_length(64), 4)
-    (0.0, 1.0, 7.1985)
+    (0.0, 1.0, 7.472)
     """
     if n <= 1:
         return 0.0
@@ -231,6 +231,7 @@ class OnlineIsolationForest:
         self._np_dtype = np.dtype(dtype).newbyteorder("<")
         self.fingerprint = zlib.crc32(repr((self.features, dtype, self.capacity)).encode())
         self._layouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._c_tables: dict[int, np.ndarray] = {}
 
     def new_state(self) -> IForestWindow:
         """A fresh per-user state: empty ring, scores 0.0 until the first refit."""
@@ -245,17 +246,26 @@ class OnlineIsolationForest:
         """
         if state.fingerprint != self.fingerprint:
             self._reject(state)
-        lim = self._limit
-        row = [min(max(float(x[f]), -lim), lim) for f in self.features]
-        if any(v != v for v in row):
-            raise ValueError("NaN feature value")
+        row = [x[f] for f in self.features]
+        if not math.isfinite(sum(row)):  # a NaN or an infinity somewhere (or inf - inf)
+            if any(v != v for v in row):
+                raise ValueError("NaN feature value")
+            row = self._clip(row)
+        try:
+            packed = self._row.pack(*row)
+        except OverflowError:  # finite but beyond the dtype's range
+            packed = self._row.pack(*self._clip(row))
         size = self._row.size
         k = state.n_seen % self.capacity
         if len(state.ring) == k * size:
-            state.ring += self._row.pack(*row)
+            state.ring += packed
         else:
-            self._row.pack_into(state.ring, k * size, *row)
+            state.ring[k * size : (k + 1) * size] = packed
         state.n_seen += 1
+
+    def _clip(self, row: list[float]) -> list[float]:
+        lim = self._limit
+        return [min(max(v, -lim), lim) for v in row]
 
     def score(self, state: IForestWindow, x: Mapping[str, float]) -> float:
         """Anomaly score in (0, 1], higher is more anomalous; 0.0 before the first refit."""
@@ -330,69 +340,85 @@ class OnlineIsolationForest:
         return self._grow(X, rng)
 
     def _grow(self, X: np.ndarray, rng: np.random.Generator) -> _Forest:
-        """Grow ``n_trees`` isolation trees on ``X`` level by level, all trees at once."""
+        """Grow ``n_trees`` isolation trees on ``X`` level by level, all trees at once.
+
+        Level ``L`` has ``2**L`` node slots per tree, numbered ``tree * 2**L + slot``; the
+        points still in play carry their node's number, so a node's count, minimum and
+        maximum are ``bincount`` / ``minimum.at`` / ``maximum.at``: no sorting, and a fixed
+        number of numpy calls a level.
+        """
         n, d = X.shape
         t_count = self.n_trees
         psi = min(n, self.max_samples)
-        depth = max(1, math.ceil(math.log2(max(psi, 2))))
+        depth = max(1, math.ceil(math.log2(psi)))
         n_int, n_leaf = 2**depth - 1, 2**depth
-        feature = np.zeros(t_count * n_int, dtype=np.intp)
-        threshold = np.full(t_count * n_int, np.inf)
-        path_length = np.zeros(t_count * n_leaf)
+        feature = np.zeros((t_count, n_int), dtype=np.intp)
+        threshold = np.full((t_count, n_int), np.inf)
+        path_length = np.zeros((t_count, n_leaf))
+        c_of = self._c_table(psi)
+        flat = np.ascontiguousarray(X).ravel()
 
         if psi == n:
             points = np.tile(np.arange(n), t_count)
         else:
             points = np.argsort(rng.random((t_count, n)), axis=1)[:, :psi].ravel()
-        trees = np.repeat(np.arange(t_count), psi)
-        nodes = np.zeros(t_count * psi, dtype=np.intp)
+        node = np.repeat(np.arange(t_count), psi)  # level 0: node t is tree t's root
 
         for level in range(depth + 1):
-            key = trees * n_int + nodes
-            order = np.argsort(key, kind="stable")
-            key, trees, nodes, points = key[order], trees[order], nodes[order], points[order]
-            starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-            counts = np.diff(np.r_[starts, len(key)])
-            g_tree, g_node = trees[starts], nodes[starts]
-            vals = X[points]
-            if level < depth:
-                lo = np.minimum.reduceat(vals, starts, axis=0)
-                hi = np.maximum.reduceat(vals, starts, axis=0)
-                varying = hi > lo
-                split = (counts >= 2) & varying.any(axis=1)
-                draw = rng.random((len(starts), d))
-                draw[~varying] = -1.0
-                f = np.argmax(draw, axis=1)
-                gi = np.arange(len(starts))
-                f_lo, f_hi = lo[gi, f], hi[gi, f]
-                thr = f_lo + rng.random(len(starts)) * (f_hi - f_lo)
-                thr = np.where(thr >= f_hi, f_lo, thr)
-            else:
-                split = np.zeros(len(starts), dtype=bool)
-            # leaves: path length depth + c(n), stored at the leftmost full-depth descendant
-            leaf = ~split
-            width = 2 ** (depth - level)
-            first = (g_node[leaf] + 1) * width - 1 - n_int
-            path_length[g_tree[leaf] * n_leaf + first] = level + np.array(
-                [average_path_length(int(c)) for c in counts[leaf]]
-            )
-            if level == depth or not split.any():
+            width = 2**level
+            groups = t_count * width
+            count = np.bincount(node, minlength=groups)
+            leaves = path_length.reshape(groups, n_leaf // width)[:, 0]
+            if level == depth:
+                np.copyto(leaves, level + c_of[count], where=count > 0)
                 break
-            idx = g_tree[split] * n_int + g_node[split]
-            feature[idx] = f[split]
-            threshold[idx] = thr[split]
-            # move the points of split nodes down, drop those of leaves
-            group = np.repeat(np.arange(len(starts)), counts)
-            keep = split[group]
-            group = group[keep]
-            trees, nodes, points, vals = trees[keep], nodes[keep], points[keep], vals[keep]
-            right = vals[np.arange(len(group)), f[group]] > thr[group]
-            nodes = 2 * nodes + 1 + right
-
+            f = (rng.random(groups) * d).astype(np.intp)
+            u = rng.random(groups)
+            v = flat[points * d + f[node]]
+            lo = np.full(groups, np.inf)
+            hi = np.full(groups, -np.inf)
+            np.minimum.at(lo, node, v)
+            np.maximum.at(hi, node, v)
+            stuck = (count >= 2) & (hi <= lo)
+            if stuck.any():  # the drawn feature is constant there: draw among varying ones
+                for g in np.flatnonzero(stuck):
+                    pts = X[points[node == g]]
+                    varying = np.flatnonzero(pts.max(axis=0) > pts.min(axis=0))
+                    if len(varying):
+                        f[g] = varying[int(u[g] * len(varying))]
+                        lo[g], hi[g] = pts[:, f[g]].min(), pts[:, f[g]].max()
+                        u[g] = rng.random()
+                v = flat[points * d + f[node]]
+            split = (count >= 2) & (hi > lo)
+            span = np.where(split, hi - lo, 0.0)
+            thr = np.where(split, lo + u * span, np.inf)
+            thr = np.where(split & (thr >= hi), lo, thr)
+            np.copyto(leaves, level + c_of[count], where=(count > 0) & ~split)
+            if not split.any():
+                break
+            first = width - 1
+            feature[:, first : first + width] = np.where(split, f, 0).reshape(t_count, width)
+            threshold[:, first : first + width] = thr.reshape(t_count, width)
+            keep = split[node]
+            right = v[keep] > thr[node[keep]]
+            points = points[keep]
+            node = 2 * node[keep] + right  # node t*w + k has children t*2w + 2k and 2k + 1
         nxt, roots = self._layout(depth)
         return _Forest(
-            feature, threshold, path_length, nxt, roots, average_path_length(psi), depth
+            feature.ravel(),
+            threshold.ravel(),
+            path_length.ravel(),
+            nxt,
+            roots,
+            average_path_length(psi),
+            depth,
         )
+
+    def _c_table(self, psi: int) -> np.ndarray:
+        """``c(n)`` for ``n`` in ``0..psi``."""
+        if psi not in self._c_tables:
+            self._c_tables[psi] = np.array([average_path_length(k) for k in range(psi + 1)])
+        return self._c_tables[psi]
 
     def __repr__(self) -> str:
         return (
