@@ -40,9 +40,11 @@ def _loads(raw: bytes, max_bytes: int) -> dict[str, Any]:
     if len(raw) > max_bytes:
         raise InvalidMessage(f"message too large: {len(raw)} bytes > {max_bytes}")
     try:
-        obj = json.loads(raw)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InvalidMessage("not valid UTF-8") from e
+    try:
+        obj = json.loads(text)
     except RecursionError as e:
         raise InvalidMessage("JSON nested too deeply") from e
     except ValueError as e:
