@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import psycopg
 import pytest
 
+from sinks.migrate import migrate
 from sinks.retention import prune
 from txwatch.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 pytestmark = pytest.mark.integration
@@ -20,10 +19,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def dsn(pg: str) -> str:
-    """A fresh database (conftest's ``pg``) with the project's migrations applied in order."""
-    with psycopg.connect(pg, autocommit=True) as conn:
-        for path in sorted((ROOT / "migrations").glob("[0-9][0-9][0-9][0-9]_*.sql")):
-            conn.execute(path.read_text())  # type: ignore[call-overload]  # the repo's own SQL
+    """A fresh database (conftest's ``pg``) with the project's migrations applied."""
+    migrate(pg)
     return pg
 
 
