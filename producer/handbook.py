@@ -60,14 +60,17 @@ class CompromisedCards:
         self.rng = rng
         self.until = np.full(n_customers, -1, dtype=np.int64)
 
-    def step(self, day: int, frame: DayFrame, u: npt.NDArray[np.float64]) -> None:
-        """``u`` holds one ``U(0, 1)`` draw per row of ``frame``."""
+    def step(self, day: int, frame: DayFrame,
+             u: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+        """Compromise today's cards and mark today's frauds; returns the new customers.
+        ``u`` holds one ``U(0, 1)`` draw per row of ``frame``."""
         k = min(self.p.cards_per_day, self.n)
         new = self.rng.choice(self.n, size=k, replace=False)
         self.until[new] = np.maximum(self.until[new], day + self.p.card_window_days)
         hit = (self.until[frame.cust] > day) & (u < self.p.card_fraud_share)
         frame.cents[hit] = np.rint(frame.cents[hit] * self.p.card_amount_factor).astype(np.int64)
         frame.scen[hit] = 3
+        return new.astype(np.int64)
 
     def active(self, day: int) -> int:
         """Number of cards in a scenario-3 window on ``day``."""

@@ -59,6 +59,10 @@ class DayBatch:
     frame: DayFrame
     compromised_cards: int = 0
     """Cards inside a scenario-3 window that day."""
+    new_terminals: tuple[int, ...] = ()
+    """Terminals compromised this day (scenario 2)."""
+    new_cards: tuple[int, ...] = ()
+    """Customers whose card was compromised this day (scenario 3)."""
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -150,10 +154,12 @@ class Simulation:
                     u3 = u3[keep] if u3 is not None else None
             if 1 in on:
                 amount_rule(frame, cfg.handbook)
+            new_t: tuple[int, ...] = ()
+            new_c: tuple[int, ...] = ()
             if 2 in on:
-                terminals.step(day, frame)
+                new_t = tuple(terminals.step(day, frame).tolist())
             if 3 in on and u3 is not None:
-                cards.step(day, frame, u3)
+                new_c = tuple(cards.step(day, frame, u3).tolist())
             parts = [frame]
             if 5 in on:
                 np.bitwise_or.at(categories, frame.cust, np.left_shift(1, te.mcc[frame.term]))
@@ -169,7 +175,8 @@ class Simulation:
                 parts.append(attacks.spree(cu, away, cfg.spree, s6, k))
             merged = DayFrame.concat(parts).sorted_by_time()
             yield DayBatch(day=day, day_start=cfg.start_epoch + day * DAY, first_seq=seq,
-                           frame=merged, compromised_cards=cards.active(day) if 3 in on else 0)
+                           frame=merged, compromised_cards=cards.active(day) if 3 in on else 0,
+                           new_terminals=new_t, new_cards=new_c)
             seq += len(merged)
 
     # --- records ------------------------------------------------------------------------------
