@@ -313,21 +313,24 @@ class HSTStructure:
         s = m.s
         m.ready = any(m.r)
         for t in range(self.n_trees):
-            leaves = m.r[t * nl : (t + 1) * nl]
-            # levels[d][k]: mass of the k-th node at depth d
-            levels = [list(leaves)]
+            # masses level by level, root first: levels[d][k] is the k-th node at depth d
+            levels = [list(m.r[t * nl : (t + 1) * nl])]
             for _ in range(h):
                 below = levels[-1]
-                levels.append([below[2 * k] + below[2 * k + 1] for k in range(len(below) // 2)])
+                levels.append([a + b for a, b in zip(below[::2], below[1::2], strict=True)])
             levels.reverse()
-            for leaf in range(nl):
-                score = 0
-                for d in range(h + 1):
-                    r = levels[d][leaf >> (h - d)]
-                    score += r << d
-                    if r < size_limit:
-                        break
-                s[t * nl + leaf] = score
+            # top-down: a node's path score, and whether the walk goes on below it
+            root = levels[0][0]
+            acc, live = [root], [root >= size_limit]
+            for d in range(1, h + 1):
+                acc = [
+                    acc[k >> 1] + (r << d) if live[k >> 1] else acc[k >> 1]
+                    for k, r in enumerate(levels[d])
+                ]
+                live = [
+                    live[k >> 1] and r >= size_limit for k, r in enumerate(levels[d])
+                ]
+            s[t * nl : (t + 1) * nl] = array(self._score_code, acc)
 
     # ------------------------------------------------------------------ per event
 

@@ -77,6 +77,7 @@ import numpy as np
 __all__ = ["IForestWindow", "OnlineIsolationForest", "average_path_length"]
 
 _EULER_GAMMA = 0.5772156649015329
+_BIG = 3.4028234663852886e38  # empty nodes' min and max: finite in float32, so no inf - inf
 _LIMITS = {"float32": 3.4028234663852886e38, "float16": 65504.0}
 _CODES = {"float32": "f", "float16": "e"}
 
@@ -278,7 +279,7 @@ class OnlineIsolationForest:
             state._forest = self._fit(state, fit_no)
             state._fit_no = fit_no
         forest = state._forest
-        q = np.array([x[f] for f in self.features], dtype=np.float64)
+        q = np.array([x[f] for f in self.features], dtype=np.float32)
         g = forest.roots
         nxt = forest.next_base + (q[forest.feature] > forest.threshold)
         for _ in range(forest.depth):
@@ -353,61 +354,66 @@ class OnlineIsolationForest:
         depth = max(1, math.ceil(math.log2(psi)))
         n_int, n_leaf = 2**depth - 1, 2**depth
         feature = np.zeros((t_count, n_int), dtype=np.intp)
-        threshold = np.full((t_count, n_int), np.inf)
-        path_length = np.zeros((t_count, n_leaf))
-        c_of = self._c_table(psi)
-        flat = np.ascontiguousarray(X).ravel()
+        threshold = np.full((t_count, n_int), np.inf, dtype=np.float32)
+        path_length = np.zeros(t_count * n_leaf, dtype=np.float32)
+        X = X.astype(np.float32).astype(np.float64)  # thresholds are compared as float32
+        flat = X.ravel()
 
         if psi == n:
-            points = np.tile(np.arange(n), t_count)
+            offset = np.tile(np.arange(0, n * d, d), t_count)
         else:
-            points = np.argsort(rng.random((t_count, n)), axis=1)[:, :psi].ravel()
+            offset = np.argsort(rng.random((t_count, n)), axis=1)[:, :psi].ravel() * d
         node = np.repeat(np.arange(t_count), psi)  # level 0: node t is tree t's root
+        ended = []  # full-depth leaf position of every point once its node is a leaf
 
-        for level in range(depth + 1):
+        for level in range(depth):
             width = 2**level
             groups = t_count * width
             count = np.bincount(node, minlength=groups)
-            leaves = path_length.reshape(groups, n_leaf // width)[:, 0]
-            if level == depth:
-                np.copyto(leaves, level + c_of[count], where=count > 0)
-                break
-            f = (rng.random(groups) * d).astype(np.intp)
-            u = rng.random(groups)
-            v = flat[points * d + f[node]]
-            lo = np.full(groups, np.inf)
-            hi = np.full(groups, -np.inf)
+            draw = rng.random(2 * groups)
+            f = (draw[:groups] * d).astype(np.intp)
+            u = draw[groups:]
+            v = flat[offset + f[node]]
+            lo = np.full(groups, _BIG)
+            hi = np.full(groups, -_BIG)
             np.minimum.at(lo, node, v)
             np.maximum.at(hi, node, v)
-            stuck = (count >= 2) & (hi <= lo)
-            if stuck.any():  # the drawn feature is constant there: draw among varying ones
-                for g in np.flatnonzero(stuck):
-                    pts = X[points[node == g]]
+            several = count >= 2
+            split = several & (hi > lo)
+            if np.count_nonzero(split) != np.count_nonzero(several):
+                # the drawn feature is constant there: draw among the varying ones
+                for g in np.flatnonzero(several & ~split):
+                    pts = X[offset[node == g] // d]
                     varying = np.flatnonzero(pts.max(axis=0) > pts.min(axis=0))
                     if len(varying):
                         f[g] = varying[int(u[g] * len(varying))]
                         lo[g], hi[g] = pts[:, f[g]].min(), pts[:, f[g]].max()
                         u[g] = rng.random()
-                v = flat[points * d + f[node]]
-            split = (count >= 2) & (hi > lo)
-            span = np.where(split, hi - lo, 0.0)
-            thr = np.where(split, lo + u * span, np.inf)
-            thr = np.where(split & (thr >= hi), lo, thr)
-            np.copyto(leaves, level + c_of[count], where=(count > 0) & ~split)
-            if not split.any():
-                break
-            first = width - 1
-            feature[:, first : first + width] = np.where(split, f, 0).reshape(t_count, width)
-            threshold[:, first : first + width] = thr.reshape(t_count, width)
+                        split[g] = True
+                v = flat[offset + f[node]]
+            # float32 thresholds, strictly below the node's maximum as in scikit-learn
+            thr = (lo + u * (hi - lo)).astype(np.float32).astype(np.float64)
+            thr = np.where(split & (thr < hi), thr, np.where(split, lo, np.inf))
+            feature[:, width - 1 : 2 * width - 1] = f.reshape(t_count, width)
+            threshold[:, width - 1 : 2 * width - 1] = thr.reshape(t_count, width)
             keep = split[node]
-            right = v[keep] > thr[node[keep]]
-            points = points[keep]
-            node = 2 * node[keep] + right  # node t*w + k has children t*2w + 2k and 2k + 1
+            stop = node[~keep] << (depth - level)
+            path_length[stop] = level
+            ended.append(stop)
+            node = node[keep]
+            right = v[keep] > thr[node]
+            offset = offset[keep]
+            node = 2 * node + right  # node t*w + k has children t*2w + 2k and 2k + 1
+        path_length[node] = depth
+        ended.append(node)
+        reached = np.bincount(np.concatenate(ended), minlength=t_count * n_leaf)
+        path_length += self._c_table(psi)[reached]
+
         nxt, roots = self._layout(depth)
         return _Forest(
             feature.ravel(),
             threshold.ravel(),
-            path_length.ravel(),
+            path_length,
             nxt,
             roots,
             average_path_length(psi),
@@ -417,7 +423,9 @@ class OnlineIsolationForest:
     def _c_table(self, psi: int) -> np.ndarray:
         """``c(n)`` for ``n`` in ``0..psi``."""
         if psi not in self._c_tables:
-            self._c_tables[psi] = np.array([average_path_length(k) for k in range(psi + 1)])
+            self._c_tables[psi] = np.array(
+                [average_path_length(k) for k in range(psi + 1)], dtype=np.float32
+            )
         return self._c_tables[psi]
 
     def __repr__(self) -> str:
