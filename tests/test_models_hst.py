@@ -1,0 +1,262 @@
+"""Compact Half-Space Trees: exactly river's scores, small pickles, bounded memory."""
+
+from __future__ import annotations
+
+import pickle
+import random
+import tracemalloc
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from river import anomaly
+from river.tree.padded import PaddedBranch
+
+from operators.models.hst import HSTMasses, HSTStructure
+
+LIMITS = {f"f{i}": (-1.0 + i, 3.0 + 2 * i) for i in range(6)}
+
+
+def _stream(n: int, seed: int, limits: dict[str, tuple[float, float]] = LIMITS) -> list[dict]:
+    """Gaussian points in the middle of the limits, some far outside, some missing a feature."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        x = {f: rng.gauss((lo + hi) / 2, (hi - lo) / 6) for f, (lo, hi) in limits.items()}
+        if i % 97 == 50:
+            x = {f: hi * 3 for f, (lo, hi) in limits.items()}  # far outside the limits
+        if i % 31 == 5:
+            del x[sorted(limits)[i % len(limits)]]  # a missing feature: river's fallback
+        out.append(x)
+    return out
+
+
+def _river_splits(tree: PaddedBranch, height: int, features: tuple[str, ...]):
+    feats = [0] * (2**height - 1)
+    thrs = [0.0] * (2**height - 1)
+
+    def walk(node, i: int) -> None:
+        if isinstance(node, PaddedBranch):
+            feats[i] = features.index(node.feature)
+            thrs[i] = node.threshold
+            walk(node.children[0], 2 * i + 1)
+            walk(node.children[1], 2 * i + 2)
+
+    walk(tree, 0)
+    return feats, thrs
+
+
+@pytest.mark.parametrize(("n_trees", "height"), [(10, 3), (15, 4), (25, 3)])
+def test_structure_has_rivers_splits_for_the_same_seed(n_trees: int, height: int) -> None:
+    ours = HSTStructure(LIMITS, n_trees=n_trees, height=height, window_size=50, seed=11)
+    river = anomaly.HalfSpaceTrees(
+        n_trees=n_trees, height=height, window_size=50, limits=LIMITS, seed=11
+    )
+    river.learn_one(_stream(1, 0)[0])  # river builds its trees on the first point
+    for t, tree in enumerate(river.trees):
+        feats, thrs = _river_splits(tree, height, ours.features)
+        assert feats == ours.split_features[t]
+        assert thrs == ours.thresholds[t]
+
+
+@pytest.mark.parametrize(
+    ("n_trees", "height", "window_size"), [(10, 3, 50), (15, 4, 64), (25, 3, 250), (5, 6, 30)]
+)
+def test_scores_equal_rivers_score_before_learn(
+    n_trees: int, height: int, window_size: int
+) -> None:
+    ours = HSTStructure(LIMITS, n_trees=n_trees, height=height, window_size=window_size, seed=7)
+    river = anomaly.HalfSpaceTrees(
+        n_trees=n_trees, height=height, window_size=window_size, limits=LIMITS, seed=7
+    )
+    masses = ours.new_masses()
+    scores = []
+    for x in _stream(3000, 1):
+        expected = river.score_one(x)
+        river.learn_one(x)
+        got = ours.score_learn(masses, x)
+        assert abs(got - expected) <= 1e-12, (len(scores), got, expected)
+        scores.append(got)
+    assert len(set(scores)) > 20  # the comparison was not between constants
+    assert max(scores) > 0.5
+
+
+def test_structure_from_rivers_trees_scores_the_same() -> None:
+    """Built from river's trees (any seed, even a mixture of features), scores still agree."""
+    limits = {"a": (0.0, 1.0), "b": (0.0, 10.0), "c": (-5.0, 5.0)}
+    river = anomaly.HalfSpaceTrees(n_trees=8, height=4, window_size=40, limits=limits, seed=3)
+    xs = _stream(1500, 2, limits)
+    river.learn_one(xs[0])
+    features = tuple(sorted(limits))
+    splits = [_river_splits(t, 4, features) for t in river.trees]
+    ours = HSTStructure.from_splits(
+        features, [f for f, _ in splits], [t for _, t in splits], window_size=40
+    )
+    masses = ours.new_masses()
+    ours.learn(masses, xs[0])
+    for x in xs[1:]:
+        assert ours.score(masses, x) == river.score_one(x)
+        ours.learn(masses, x)
+        river.learn_one(x)
+
+
+def test_score_learn_is_score_then_learn() -> None:
+    s = HSTStructure(LIMITS, n_trees=10, height=3, window_size=20, seed=1)
+    fused, split = s.new_masses(), s.new_masses()
+    for x in _stream(500, 3):
+        a = s.score_learn(fused, x)
+        b = s.score(split, x)
+        s.learn(split, x)
+        assert a == b
+    assert fused == split
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    values=st.lists(st.floats(-10, 30, allow_nan=False), min_size=40, max_size=200),
+    window_size=st.integers(1, 12),
+    seed=st.integers(0, 2**16),
+)
+def test_scores_equal_river_on_arbitrary_streams(
+    values: list[float], window_size: int, seed: int
+) -> None:
+    limits = {"u": (-1.0, 4.0), "v": (0.0, 20.0)}
+    ours = HSTStructure(limits, n_trees=4, height=3, window_size=window_size, seed=seed)
+    river = anomaly.HalfSpaceTrees(
+        n_trees=4, height=3, window_size=window_size, limits=limits, seed=seed
+    )
+    masses = ours.new_masses()
+    for a, b in zip(values, reversed(values), strict=True):
+        x = {"u": a, "v": b}
+        assert ours.score(masses, x) == river.score_one(x)
+        ours.learn(masses, x)
+        river.learn_one(x)
+
+
+def test_pickle_round_trip_gives_identical_later_scores() -> None:
+    s = HSTStructure(LIMITS, n_trees=15, height=4, window_size=64, seed=5)
+    xs = _stream(1000, 4)
+    live = s.new_masses()
+    for x in xs[:300]:  # mid-window: 300 = 4 * 64 + 44
+        s.learn(live, x)
+    blob = pickle.dumps(live)
+    restored = pickle.loads(blob)
+    assert isinstance(restored, HSTMasses)
+    assert restored == live
+    assert pickle.dumps(restored) == blob  # re-pickling before first use keeps the bytes
+    for x in xs[300:]:
+        assert s.score_learn(restored, x) == s.score_learn(live, x)
+    assert restored.counter == live.counter
+
+
+def test_pickle_holds_masses_only_and_is_small() -> None:
+    for n_trees, height, limit in ((10, 3, 260), (15, 4, 600), (25, 3, 520)):
+        s = HSTStructure(LIMITS, n_trees=n_trees, height=height, window_size=250, seed=1)
+        m = s.new_masses()
+        for x in _stream(700, 5):
+            s.learn(m, x)
+        blob = pickle.dumps(m)
+        assert len(blob) <= limit, (n_trees, height, len(blob))
+        # 2 bytes a leaf (latest + reference, one byte each) plus a small header
+        assert len(blob) - 2 * n_trees * 2**height < 80
+        assert b"f0" not in blob and b"HSTStructure" not in blob
+
+
+def test_wider_window_uses_wider_counts() -> None:
+    s = HSTStructure(LIMITS, n_trees=2, height=3, window_size=5000, seed=1)
+    m = s.new_masses()
+    # a tree's path score reaches 5000 * 15 > 65535: four-byte scores
+    assert m.l.itemsize == 2 and m.s.itemsize == 4
+    x = {f: (lo + hi) / 2 for f, (lo, hi) in LIMITS.items()}
+    for _ in range(10_100):
+        s.learn(m, x)
+    assert m.ready and m.counter == 100
+    assert sum(m.r[: s.n_leaves]) == 5000
+    assert max(m.s) == 5000 * 15  # all the mass on one path
+    assert s.score(m, x) == 1.0 - 2 * 5000 * 15 / s.max_score == 0.0
+
+
+def test_same_seed_same_structure_and_scores() -> None:
+    a = HSTStructure(LIMITS, n_trees=10, height=3, window_size=30, seed=9)
+    b = HSTStructure(dict(reversed(list(LIMITS.items()))), n_trees=10, height=3,
+                     window_size=30, seed=9)
+    c = HSTStructure(LIMITS, n_trees=10, height=3, window_size=30, seed=10)
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    ma, mb = a.new_masses(), b.new_masses()
+    for x in _stream(200, 7):
+        assert a.score_learn(ma, x) == b.score_learn(mb, x)
+    # masses of an equal structure are accepted; of another one, refused
+    assert b.score(ma, {f: 1.0 for f in LIMITS}) == a.score(ma, {f: 1.0 for f in LIMITS})
+    with pytest.raises(ValueError, match="structure"):
+        c.score(pickle.loads(pickle.dumps(ma)), {f: 1.0 for f in LIMITS})
+
+
+def test_structure_pickles_and_rebuilds_identically() -> None:
+    s = HSTStructure(LIMITS, n_trees=6, height=3, window_size=16, seed=2)
+    s2 = pickle.loads(pickle.dumps(s))
+    assert s2.fingerprint == s.fingerprint
+    assert (s2.limits, s2.seed) == (s.limits, s.seed)
+    m = s.new_masses()
+    for x in _stream(100, 8):
+        s.learn(m, x)
+    assert s2.score(pickle.loads(pickle.dumps(m)), {"f0": 1.0}) == s.score(m, {"f0": 1.0})
+
+
+def test_extreme_point_after_a_stable_history_scores_high() -> None:
+    limits = {"amount": (0.0, 10.0), "hour": (0.0, 24.0)}
+    s = HSTStructure(limits, n_trees=25, height=3, window_size=64, seed=3)
+    m = s.new_masses()
+    rng = random.Random(9)
+    normal = []
+    for i in range(640):
+        x = {"amount": rng.gauss(3.0, 0.3), "hour": rng.gauss(13.0, 1.0)}
+        score = s.score_learn(m, x)
+        if i >= 128:
+            normal.append(score)
+    extreme = s.score(m, {"amount": 9.5, "hour": 3.0})
+    assert extreme > 0.8
+    assert extreme > max(normal) + 0.2
+
+
+def test_scores_zero_until_the_first_window_is_complete() -> None:
+    s = HSTStructure({"x": (0.0, 1.0)}, n_trees=5, height=3, window_size=10, seed=1)
+    m = s.new_masses()
+    scores = [s.score_learn(m, {"x": 0.5}) for _ in range(10)]
+    assert scores == [0.0] * 10
+    assert m.ready
+    assert s.score(m, {"x": 0.0}) > 0.0
+
+
+def test_memory_stays_bounded_over_100k_learns() -> None:
+    s = HSTStructure(LIMITS, n_trees=10, height=3, window_size=64, seed=1)
+    m = s.new_masses()
+    xs = _stream(1000, 10)
+    for x in xs:
+        s.learn(m, x)
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        for i in range(100_000):
+            s.learn(m, xs[i % 1000])
+        current, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert current - base < 4096
+    assert len(pickle.dumps(m)) < 260
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"limits": {}}, ValueError),
+        ({"limits": {"x": (1.0, 1.0)}}, ValueError),
+        ({"limits": {"x": (0.0, 1.0)}, "height": 0}, ValueError),
+        ({"limits": {"x": (0.0, 1.0)}, "height": 13}, ValueError),
+        ({"limits": {"x": (0.0, 1.0)}, "n_trees": 0}, ValueError),
+        ({"limits": {"x": (0.0, 1.0)}, "window_size": 0}, ValueError),
+        ({"limits": {"x": (0.0, 1.0)}, "seed": None}, TypeError),
+    ],
+)
+def test_invalid_parameters_are_refused(kwargs: dict, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        HSTStructure(**kwargs)
