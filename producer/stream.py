@@ -27,6 +27,7 @@ True
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -50,12 +51,13 @@ def epoch_of(timestamp: str) -> float:
 
 
 def iso_utc(epoch: float) -> str:
-    """ISO-8601 UTC with ``Z``; milliseconds only when the time has a fraction.
+    """ISO-8601 UTC with ``Z``; milliseconds (truncated, never later than ``epoch``) only when
+    the time has a fraction.
 
-    >>> iso_utc(1522540800), iso_utc(1522540800.25)
-    ('2018-04-01T00:00:00Z', '2018-04-01T00:00:00.250Z')
+    >>> iso_utc(1522540800), iso_utc(1522540800.25), iso_utc(1522540800.0009)
+    ('2018-04-01T00:00:00Z', '2018-04-01T00:00:00.250Z', '2018-04-01T00:00:00Z')
     """
-    ms = round(epoch * 1000)
+    ms = math.floor(epoch * 1000)
     dt = datetime.fromtimestamp(ms // 1000, tz=UTC)
     frac = ms % 1000
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac:03d}Z" if frac else "Z")
