@@ -274,3 +274,12 @@ def test_ensure_packages_reports_apt_failures(tmp_path: Path) -> None:
     # It tried, updated the package lists once, and tried again.
     calls = (tmp_path / "calls").read_text().splitlines()
     assert [c.split()[0] for c in calls] == ["install", "update", "install"]
+
+
+def test_the_operations_doc_lists_every_txwatch_metric() -> None:
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    reg = CollectorRegistry()
+    Metrics.create(reg)
+    for fam in reg.collect():
+        shown = fam.name + ("_total" if fam.type == "counter" else "")
+        assert f"| `{shown}` | {fam.type} |" in doc, shown
