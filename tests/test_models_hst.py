@@ -178,8 +178,9 @@ def test_wider_window_uses_wider_counts() -> None:
 
 def test_same_seed_same_structure_and_scores() -> None:
     a = HSTStructure(LIMITS, n_trees=10, height=3, window_size=30, seed=9)
-    b = HSTStructure(dict(reversed(list(LIMITS.items()))), n_trees=10, height=3,
-                     window_size=30, seed=9)
+    b = HSTStructure(
+        dict(reversed(list(LIMITS.items()))), n_trees=10, height=3, window_size=30, seed=9
+    )
     c = HSTStructure(LIMITS, n_trees=10, height=3, window_size=30, seed=10)
     assert a.fingerprint == b.fingerprint != c.fingerprint
     ma, mb = a.new_masses(), b.new_masses()

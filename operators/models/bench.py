@@ -1,8 +1,9 @@
 """Measure the per-user models: pickled bytes per user and microseconds per event.
 
-Run ``python -m operators.models.bench`` (about a minute on one core). Each time is the best
-of three runs over the same stream, so other load on the machine inflates it less; a stream
-has 15 features, like the feature step's. Prints one line per configuration.
+Run ``python -m operators.models.bench`` (under a minute on one core). Times are CPU time of
+this process (``time.process_time``), the best of three runs over the same stream, so other
+load on a shared machine inflates them less; a stream has 15 features, like the feature
+step's. Prints one line per configuration.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ def _stream(n: int, seed: int = 0) -> list[dict[str, float]]:
 def _best_us(run: Callable[[], None], n: int, repeat: int = 3) -> float:
     best = float("inf")
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         run()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     return best / n * 1e6
 
 
@@ -61,8 +62,13 @@ def bench_iforest(
 ) -> str:
     feats = [f"f{i:02d}" for i in range(n_features)]
     model = OnlineIsolationForest(
-        feats, n_trees=25, window_size=window_size, max_samples=64, refit_every=refit_every,
-        seed=1, dtype=dtype,  # type: ignore[arg-type]
+        feats,
+        n_trees=25,
+        window_size=window_size,
+        max_samples=64,
+        refit_every=refit_every,
+        seed=1,
+        dtype=dtype,  # type: ignore[arg-type]
     )
     xs = [{f: x[f] for f in feats} for x in _stream(n)]
     state = model.new_state()
@@ -81,10 +87,10 @@ def bench_iforest(
 
     us_score = _best_us(score_only, n)
     fits = 20
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for _ in range(fits):
         model._fit(state, state.n_seen // refit_every)
-    fit_us = (time.perf_counter() - t0) / fits * 1e6
+    fit_us = (time.process_time() - t0) / fits * 1e6
     return (
         f"IForest d={n_features} trees=25 window={window_size} refit_every={refit_every} "
         f"{dtype}: {len(pickle.dumps(state))} B pickled (full ring), forest cache "
@@ -110,10 +116,10 @@ def bench_quantile(n: int = 50_000) -> list[str]:
             h.update(x)
 
     h_us = _best_us(run_h, n)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for _ in range(1000):
         h.get()
-    get_us = (time.perf_counter() - t0) / 1000 * 1e6
+    get_us = (time.process_time() - t0) / 1000 * 1e6
     return [
         f"P2Quantile: {len(pickle.dumps(q))} B pickled, {p2_us:.2f} us update",
         f"HistogramQuantile(1000 bins): {len(pickle.dumps(h))} B pickled, {h_us:.2f} us "

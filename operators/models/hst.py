@@ -268,8 +268,7 @@ class HSTStructure:
         self._count_code = _typecode(self.window_size)
         self._score_code = _typecode(self.window_size * (2 ** (h + 1) - 1))
         key = repr(
-            (self.features, self.n_trees, h, self.window_size, self.split_features,
-             self.thresholds)
+            (self.features, self.n_trees, h, self.window_size, self.split_features, self.thresholds)
         ).encode()
         self.fingerprint = zlib.crc32(key)
         self._score_fn, self._learn_fn, self._score_learn_fn = _compile(self)
@@ -327,9 +326,7 @@ class HSTStructure:
                     acc[k >> 1] + (r << d) if live[k >> 1] else acc[k >> 1]
                     for k, r in enumerate(levels[d])
                 ]
-                live = [
-                    live[k >> 1] and r >= size_limit for k, r in enumerate(levels[d])
-                ]
+                live = [live[k >> 1] and r >= size_limit for k, r in enumerate(levels[d])]
             s[t * nl : (t + 1) * nl] = array(self._score_code, acc)
 
     # ------------------------------------------------------------------ per event

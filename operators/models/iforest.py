@@ -34,15 +34,22 @@ field        type                                    bytes
 ``ring``     ``bytearray`` of rows, little-endian    ``min(n_seen, C) * d * 4`` (float32)
                                                      or ``* 2`` (float16), plus 57
 ``n_seen``   ``int``                                 28
-``forest``   cache (numpy arrays), not pickled       about ``T * 2**D * 20``: 32 KiB for
-                                                     25 trees of depth 6; drop it with
-                                                     ``release``
+``forest``   cache (numpy arrays), not pickled       about ``9 * T * 2**D`` (uint8
+                                                     features, float32 thresholds and
+                                                     path lengths): 14.3 KiB for 25 trees
+                                                     of depth 6; drop it with ``release``
 ===========  ======================================  ======================================
 
-Pickled: a restore function reference, a 32-bit layout fingerprint, ``n_seen`` and the used
-part of the ring. Measured for a full ring of 15 features, ``window_size=64``,
-``refit_every=16`` (79 rows): 4,855 bytes as float32, 2,485 as float16; with 8 features:
-2,643 and 1,379 (``python -m operators.models.bench``).
+Pickled: a reference to the class, a 32-bit layout fingerprint, ``n_seen`` and the used part
+of the ring (a new user pickles small). Measured for a full ring of 15 features,
+``window_size=64``, ``refit_every=16`` (79 rows): 4,817 bytes as float32, 2,445 as float16;
+with 8 features: 2,605 and 1,339 (``python -m operators.models.bench``). To stay within a
+4 KiB per-user budget with 15 features, use float16 or a smaller window.
+
+Cost per event: scoring is about a dozen numpy calls (under 10 us for 25 trees); a fit is
+a few hundred numpy calls (about 0.4 ms for 25 trees on 64 points, nearly independent of
+the number of trees), so ``refit_every`` sets the amortized cost: 16 gives roughly
+25 us per event, 32 roughly 13 us.
 
 float16 keeps about three significant digits and the range +-65504 (values beyond are clipped
 there, as float32 values are clipped to +-3.4e38): give it scaled features (logs, ratios,
@@ -69,6 +76,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
@@ -279,12 +287,14 @@ class OnlineIsolationForest:
             state._forest = self._fit(state, fit_no)
             state._fit_no = fit_no
         forest = state._forest
-        q = np.array([x[f] for f in self.features], dtype=np.float32)
+        # array("f") turns values beyond float32 into +-inf without a warning
+        q = np.frombuffer(array("f", [x[f] for f in self.features]), dtype=np.float32)
         g = forest.roots
-        nxt = forest.next_base + (q[forest.feature] > forest.threshold)
+        nxt = forest.next_base + (q.take(forest.feature) > forest.threshold)
         for _ in range(forest.depth):
-            g = nxt[g]
-        return 2.0 ** (-float(forest.path_length[g].sum()) / (self.n_trees * forest.psi_c))
+            g = nxt.take(g)
+        total = float(forest.path_length.take(g).sum())
+        return 2.0 ** (-total / (self.n_trees * forest.psi_c))
 
     def score_learn(self, state: IForestWindow, x: Mapping[str, float]) -> float:
         """:meth:`score` then :meth:`learn`; returns the score."""
@@ -411,7 +421,7 @@ class OnlineIsolationForest:
 
         nxt, roots = self._layout(depth)
         return _Forest(
-            feature.ravel(),
+            feature.ravel().astype(np.uint8 if d <= 256 else np.uint16),
             threshold.ravel(),
             path_length,
             nxt,
@@ -439,4 +449,3 @@ class OnlineIsolationForest:
         """Bytes held for ``state`` in memory: ring plus cached forest (not the shared layout)."""
         forest = state._forest.nbytes if state._forest is not None else 0
         return len(state.ring) + forest
-

@@ -166,9 +166,7 @@ class P2Quantile:
 
     def __reduce__(self) -> tuple[Callable[[bytes], P2Quantile], tuple[bytes]]:
         n = self.positions
-        raw = _STATE.pack(
-            round(self.p * _MILLION), *self.heights, n[1], n[2], n[3], self.count
-        )
+        raw = _STATE.pack(round(self.p * _MILLION), *self.heights, n[1], n[2], n[3], self.count)
         return (_p2, (raw,))
 
     def __eq__(self, other: object) -> bool:
