@@ -63,7 +63,11 @@ def _fmt_num(v: Any, digits: int = 2) -> str:
         return ""
     if isinstance(v, Decimal):
         return f"{v:,.{digits}f}"
-    if isinstance(v, int | float):
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
         return f"{v:,.{digits}f}" if abs(v) < 1e9 else f"{v:.3g}"
     return str(v)
 

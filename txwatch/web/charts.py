@@ -27,7 +27,7 @@ def _nice_max(v: int) -> int:
         step *= 10
 
 
-def hourly_bars(hours: Sequence[dict[str, Any]], width: int = 760, height: int = 240) -> Markup:
+def hourly_bars(hours: Sequence[dict[str, Any]], width: int = 1200, height: int = 260) -> Markup:
     """Stacked bars of alerts per hour by severity; ``hours``: ``{"hour", "review", "block"}``."""
     left, right, top, bottom = 44, 10, 12, 34
     pw, ph = width - left - right, height - top - bottom

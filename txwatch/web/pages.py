@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Path, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
+from operators.reasons import CODES
 from txwatch.web import db
 from txwatch.web.charts import hourly_bars
 from txwatch.web.models import (
@@ -242,6 +243,7 @@ def alerts_page(request: Request) -> Response:
         this_url=str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
         page_sizes=PAGE_SIZES,
         durations=DURATIONS,
+        reason_codes=CODES,
     )
 
 
