@@ -78,6 +78,10 @@ class DayBatch:
             "%Y-%m-%dT")
 
 
+_TRUTH_TAILS = ['"is_fraud":0,"fraud_scenario":0}\n'] + [
+    f'"is_fraud":1,"fraud_scenario":{s}}}\n' for s in range(1, 7)]
+
+
 @lru_cache(maxsize=1)
 def clock_strings() -> list[str]:
     """``"HH:MM:SS"`` for each second of a day."""
@@ -223,10 +227,10 @@ class Simulation:
         date = batch.date_prefix
         p = self.config.id_prefix
         f = batch.frame
+        tail = _TRUTH_TAILS
         return [
             f'{{"transaction_id":"{p}{i:09d}","user_id":"{uid[c]}","amount":{a // 100}.'
-            f'{a % 100:02d},"timestamp":"{date}{hms[t]}Z",{frag[k]},'
-            f'"is_fraud":{1 if s else 0},"fraud_scenario":{s}}}\n'
+            f'{a % 100:02d},"timestamp":"{date}{hms[t]}Z",{frag[k]},{tail[s]}'
             for i, c, t, a, k, s in zip(
                 range(batch.first_seq, batch.first_seq + len(batch)), f.cust.tolist(),
                 f.t.tolist(), f.cents.tolist(), f.term.tolist(), f.scen.tolist(), strict=True)
