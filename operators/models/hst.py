@@ -38,7 +38,8 @@ field   type                         bytes
 
 plus about 64 bytes of header per array and 80 for the object. Pickled: a reference to a
 restore function, the structure's 32-bit fingerprint and one ``bytes`` of ``l`` then ``r``
-(``2n`` bytes when ``window_size <= 255``). The window counter is the sum of one tree's ``l``
+(``2n`` bytes when ``window_size <= 255``; native byte order, little-endian on x86-64 and
+ARM64). The window counter is the sum of one tree's ``l``
 and "first window complete" is "``r`` is not all zero", so neither is stored.
 
 Measured pickled bytes per user (``window_size=250``, ``python -m operators.models.bench``):

@@ -402,7 +402,7 @@ class OnlineIsolationForest:
                         split[g] = True
                 v = flat[offset + f[node]]
             # float32 thresholds, strictly below the node's maximum as in scikit-learn
-            thr = (lo + u * (hi - lo)).astype(np.float32).astype(np.float64)
+            thr = (lo + u * (hi - lo)).astype(np.float32)  # compared exactly with float64
             thr = np.where(split & (thr < hi), thr, np.where(split, lo, np.inf))
             feature[:, width - 1 : 2 * width - 1] = f.reshape(t_count, width)
             threshold[:, width - 1 : 2 * width - 1] = thr.reshape(t_count, width)
