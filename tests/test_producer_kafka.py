@@ -180,6 +180,35 @@ def test_history_then_live(broker: EmbeddedBroker, topics: dict[str, str]) -> No
     assert all((lb.label_time - lb.transaction_time).total_seconds() == 30 for lb in labels)
 
 
+def test_cli_compressed_history_then_paced_live(
+        broker: EmbeddedBroker, topics: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = SimConfig(n_customers=50, n_terminals=100, n_days=3, seed=9)
+    n_hist = sum(1 for r in iter_transactions(cfg)
+                 if epoch_of(r["timestamp"]) < cfg.start_epoch + 2 * 86400)
+    _env(monkeypatch, broker, topics)
+    t0 = time.time()
+    rc = main(["produce", "--customers", "50", "--terminals", "100", "--days", "3", "--seed",
+               "9", "--history-days", "2", "--compress", "5", "--max-events", str(n_hist + 5),
+               "--label-delay", "1s", "--quiet"])
+    t1 = time.time()
+    assert rc == 0
+    msgs = _consume(broker.brokers, topics["transactions"], n_hist + 5)
+    recs = sorted((json.loads(m.value()) for m in msgs), key=lambda r: r["transaction_id"])
+    hist = [epoch_of(r["timestamp"]) for r in recs[:n_hist]]
+    assert t0 - 2 * 5 - 0.01 <= min(hist) and max(hist) <= t1  # 2 days squeezed into 10 s
+    assert all(t0 <= epoch_of(r["timestamp"]) <= t1 for r in recs[n_hist:])
+
+
+def test_duration_ends_a_paced_run(broker: EmbeddedBroker, topics: dict[str, str]) -> None:
+    stats = produce_stream(_settings(broker, topics), iter_transactions(CFG), rate=100.0,
+                           duration=0.5)
+    assert not stats.interrupted and stats.ok
+    assert 0.5 <= stats.elapsed_seconds < 5
+    assert 30 <= stats.transactions <= 70
+    assert len(_consume(broker.brokers, topics["transactions"], stats.transactions)) == (
+        stats.transactions)
+
+
 def test_stop_event_interrupts_and_flushes(broker: EmbeddedBroker,
                                            topics: dict[str, str]) -> None:
     stop = threading.Event()

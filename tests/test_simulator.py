@@ -500,6 +500,13 @@ def test_rate_limited_and_stop_event() -> None:
     start = time.time()
     assert all(abs(epoch_of(r["timestamp"]) - start) < 5 for r in got)
     assert list(replay_stream(recs)) == recs
+    # paced by event time: one simulated hour per 0.1 s
+    hourly = [{"timestamp": f"2018-04-01T0{h}:00:00Z"} for h in range(3)]
+    t0 = time.monotonic()
+    assert list(replay_stream(hourly, seconds_per_day=2.4)) == hourly
+    assert 0.19 <= time.monotonic() - t0 < 2
+    with pytest.raises(ValueError):
+        list(replay_stream(hourly, rate=10.0, seconds_per_day=2.4))
 
 
 # --- the CLI ---------------------------------------------------------------------------------
