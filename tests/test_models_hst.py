@@ -261,3 +261,13 @@ def test_memory_stays_bounded_over_100k_learns() -> None:
 def test_invalid_parameters_are_refused(kwargs: dict, error: type[Exception]) -> None:
     with pytest.raises(error):
         HSTStructure(**kwargs)
+
+
+def test_inputs_are_not_mutated() -> None:
+    s = HSTStructure(LIMITS, n_trees=5, height=3, window_size=4, seed=1)
+    m = s.new_masses()
+    for x in _stream(50, 11):
+        before = dict(x)
+        s.score_learn(m, x)
+        s.score(m, x)
+        assert x == before

@@ -262,3 +262,15 @@ def test_average_path_length_matches_scikit_learn() -> None:
 def test_invalid_parameters_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         OnlineIsolationForest(**kwargs)
+
+
+def test_inputs_are_not_mutated_and_missing_features_raise() -> None:
+    model = OnlineIsolationForest(["a", "b"], window_size=8, refit_every=4, seed=0)
+    state = model.new_state()
+    for k in range(20):
+        x = {"a": float(k), "b": 2.0, "extra": "ignored"}
+        before = dict(x)
+        model.score_learn(state, x)
+        assert x == before
+    with pytest.raises(KeyError):
+        model.score(state, {"a": 1.0})

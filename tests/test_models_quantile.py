@@ -8,6 +8,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from operators.models.quantile import HistogramQuantile, P2Quantile
 
@@ -193,3 +195,21 @@ def test_histogram_pickles_and_rejects_bad_parameters() -> None:
     ):
         with pytest.raises(ValueError):
             HistogramQuantile(**kwargs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    xs=st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=1, max_size=300),
+    p=st.sampled_from([0.01, 0.25, 0.5, 0.9, 0.99]),
+)
+def test_p2_markers_stay_ordered_and_within_the_data(xs: list[float], p: float) -> None:
+    q = P2Quantile(p)
+    for x in xs:
+        q.update(x)
+    est = q.get()
+    assert est is not None and min(xs) <= est <= max(xs)
+    if q.count >= 5:
+        assert list(q.heights) == sorted(q.heights)
+        assert q.heights[0] == min(xs) and q.heights[4] == max(xs)
+        assert q.positions[0] == 1 and q.positions[4] == q.count
+        assert all(a < b for a, b in zip(q.positions[:-1], q.positions[1:], strict=True))
