@@ -220,9 +220,31 @@ def test_rules_evaluate_and_the_pipeline_reports_itself_healthy(run: Run) -> Non
         f'bytewax_kafka_consumer_lag{{topic="{run.stack.topics["transactions"]}"}}')}
     assert partitions == {"0", "1", "2", "3"}
     assert _sum(prom, "sum(txwatch_alert_budget_per_1000)") > 0
-    # txwatch_ready is what TxwatchNotReady alerts on: it must be 1 while the worker runs,
-    # without anyone calling /readyz (Prometheus only scrapes /metrics).
-    assert prom.value('txwatch_ready{process="worker-0"}') == 1
+
+
+def test_ready_flag_is_maintained_without_readyz_calls(run: Run) -> None:
+    """txwatch_ready is what TxwatchNotReady alerts on and the "Ready processes" stat shows: it
+    must be 1 while the worker runs, without anyone calling /readyz (Prometheus only scrapes
+    /metrics, the compose healthcheck calls /healthz)."""
+    assert run.prom.value('txwatch_ready{process="worker-0"}') == 1
+
+
+def test_state_and_window_gauges_are_maintained(run: Run) -> None:
+    """Gauges that a panel shows per process carry values once traffic has flowed: a gauge
+    stuck at its initial 0 "returns data" but shows nothing true."""
+    prom = run.prom
+    stuck = [
+        expr for expr in (
+            "sum(txwatch_users_in_state)",
+            "sum(txwatch_terminals_in_state)",
+            'sum(txwatch_state_bytes{stage="user"})',
+            'sum(txwatch_state_bytes{stage="terminal"})',
+            "sum(txwatch_alert_rate_per_1000)",
+        )
+        if not _sum(prom, expr) > 0
+    ]
+    assert _sum(prom, "sum(txwatch_alerts_total)") > 0  # so the alert rate cannot be 0
+    assert not stuck, f"still at 0 after traffic: {stuck}"
 
 
 def test_dashboards_render_from_the_real_run(run: Run, tmp_path: Path) -> None:
