@@ -484,19 +484,30 @@ def test_kafka_down_label_is_saved_then_published_by_the_outbox(
     port = free_port()
     topics = {"labels": "labels-outage", "controls": "controls-outage"}
     client = make_client(
-        brokers=f"127.0.0.1:{port}", topics=topics, publish_timeout=1.0, drain_interval=0.2
+        brokers=f"127.0.0.1:{port}", topics=topics, publish_timeout=2.0, drain_interval=0.2
     )
+    t0 = time.monotonic()
     r = client.post(f"/api/alerts/{tid(3)}/label", json={"status": "confirmed", "reviewer": "e"})
+    assert time.monotonic() - t0 >= 2.0  # it waited for Kafka's answer
     assert r.status_code == 200, r.text
     publish = r.json()["publish"]
     assert publish["state"] == "pending"
-    assert "not yet published to Kafka" in publish["error"]
+    assert "not yet published to Kafka: Kafka: Local: Message timed out" in publish["error"]
     assert "retries every 0.2 s" in publish["error"]
     assert fetch(uri, "SELECT status FROM alerts WHERE transaction_id = %s", tid(3)) == [
         ("confirmed",)
     ]
     ((attempts, error),) = fetch(uri, "SELECT attempts, last_error FROM outbox")
     assert attempts >= 1 and error
+    # Kafka is known to be down now: the next write answers at once, without a 2 s wait
+    t0 = time.monotonic()
+    r = client.post(
+        "/api/labels/bulk",
+        json={"transaction_ids": [tid(5)], "status": "false_positive", "reviewer": "e"},
+    )
+    assert time.monotonic() - t0 < 1.5
+    assert r.json()["publish"]["state"] == "pending"
+    assert "Kafka unavailable since" in r.json()["publish"]["error"]
     with EmbeddedBroker(port=port, log_path=tmp_path / "tansu.log") as b:
         b.create_topics(topics.values(), partitions=2)
         wait_for(
@@ -504,8 +515,17 @@ def test_kafka_down_label_is_saved_then_published_by_the_outbox(
             timeout=60,
             what="the outbox to drain",
         )
-        (msg,) = consume(b.brokers, topics["labels"], 1)
-    assert parse_label(msg.value()).transaction_id == tid(3)
+        msgs = consume(b.brokers, topics["labels"], 2)
+        # healthy again: a write is published at once
+        r = client.post(
+            f"/api/alerts/{tid(6)}/label", json={"status": "confirmed", "reviewer": "e"}
+        )
+        assert r.json()["publish"]["state"] == "published"
+    labels = sorted((parse_label(m.value()) for m in msgs), key=lambda lb: lb.transaction_id)
+    assert [(lb.transaction_id, lb.label) for lb in labels] == [
+        (tid(3), "fraud"),
+        (tid(5), "legit"),
+    ]
 
 
 # --- snoozes --------------------------------------------------------------------------------
@@ -651,6 +671,19 @@ def test_pages_render_and_escape(client: TestClient, uri: str) -> None:
     bad = client.get("/alerts", params={"severity": "bogus"})
     assert bad.status_code == 200 and "Invalid filter" in bad.text
     assert client.get("/alerts/nope").status_code == 404
+
+
+def test_ids_with_slashes(client: TestClient, uri: str) -> None:
+    insert(uri, [alert_row(13, transaction_id="acq/2024/77", user_id="bank/u1")])
+    assert client.get("/api/alerts/acq%2F2024%2F77").json()["user_id"] == "bank/u1"
+    assert client.get("/api/users/bank%2Fu1").json()["counts"]["total"] == 1
+    listing = client.get("/alerts", params={"user": "bank/u1"}).text
+    assert 'href="/alerts/acq%2F2024%2F77"' in listing
+    assert client.get("/alerts/acq%2F2024%2F77").status_code == 200
+    r = client.post(
+        "/api/alerts/acq%2F2024%2F77/label", json={"status": "escalated", "reviewer": "h"}
+    )
+    assert r.json()["labelled"] == ["acq/2024/77"]
 
 
 # --- access ---------------------------------------------------------------------------------

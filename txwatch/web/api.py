@@ -100,7 +100,7 @@ def updates(request: Request, q: Annotated[UpdatesQuery, Query()]) -> Any:
         return db.updates(conn, q, q.after)
 
 
-@router.get("/alerts/{transaction_id}", response_model=AlertDetail, summary="One alert")
+@router.get("/alerts/{transaction_id:path}", response_model=AlertDetail, summary="One alert")
 def get_alert(request: Request, transaction_id: TxId) -> Any:
     alert = services(request).alert(transaction_id)
     if alert is None:
@@ -109,7 +109,7 @@ def get_alert(request: Request, transaction_id: TxId) -> Any:
 
 
 @router.post(
-    "/alerts/{transaction_id}/label", response_model=LabelResult, summary="Review one alert"
+    "/alerts/{transaction_id:path}/label", response_model=LabelResult, summary="Review one alert"
 )
 def label_alert(request: Request, transaction_id: TxId, body: LabelRequest) -> Any:
     result = services(request).label([transaction_id], body.status, body.reviewer, body.note)
@@ -155,7 +155,9 @@ def overview(
     return services(request).overview(hours, end)
 
 
-@router.get("/users/{user_id}", response_model=UserDetail, summary="A user's alerts and reviews")
+@router.get(
+    "/users/{user_id:path}", response_model=UserDetail, summary="A user's alerts and reviews"
+)
 def get_user(request: Request, user_id: TxId) -> Any:
     user = services(request).user(user_id)
     if user is None:

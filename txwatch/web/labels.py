@@ -114,6 +114,9 @@ class KafkaPublisher:
             "logger": logging.getLogger("txwatch.web.kafka"),  # librdkafka logs, not stderr
         }
         self._producer = Producer(cfg)
+        self.failing_since: float | None = None
+        """Wall-clock time of the first failure since the last delivery, None when healthy."""
+        self.last_error: str | None = None
 
     def publish(self, messages: Sequence[Message]) -> list[str | None]:
         """Publish ``messages``; for each, None if delivered, else the error text."""
@@ -134,9 +137,15 @@ class KafkaPublisher:
         deadline = time.monotonic() + self.timeout + 2.0
         while any(r is pending for r in results) and time.monotonic() < deadline:
             self._producer.poll(0.05)
-        return [
-            f"no delivery report within {self.timeout:.0f}s" if r is pending else r for r in results
+        out = [
+            f"no delivery report within {self.timeout:g}s" if r is pending else r for r in results
         ]
+        if any(r is None for r in out):
+            self.failing_since, self.last_error = None, None
+        elif out:
+            self.failing_since = self.failing_since or time.time()
+            self.last_error = out[0]
+        return out
 
     def close(self, timeout: float = 5.0) -> None:
         self._producer.flush(timeout)

@@ -43,8 +43,13 @@ class Services:
         if not ids:
             return PublishState(state="none")
         error: str | None = None
+        down = self.publisher.failing_since if self.publisher is not None else None
         if self.publisher is None:
             error = "no Kafka publisher is running"
+        elif down is not None and self.drain_interval > 0:
+            # Kafka is known to be down: answer at once, the background publisher retries
+            since = datetime.fromtimestamp(down, UTC)
+            error = f"Kafka unavailable since {since:%H:%M:%S} UTC ({self.publisher.last_error})"
         else:
             try:
                 error = outbox.drain(self.pool, self.publisher, ids).first_error
