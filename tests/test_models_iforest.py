@@ -190,6 +190,10 @@ def test_scores_zero_until_the_first_refit() -> None:
     scores = [model.score_learn(state, {"a": float(k)}) for k in range(4)]
     assert scores == [0.0] * 4
     assert 0.0 < model.score(state, {"a": 100.0}) <= 1.0
+    every_point = OnlineIsolationForest(["a"], window_size=8, refit_every=1, seed=0)
+    state = every_point.new_state()
+    scores = [every_point.score_learn(state, {"a": float(k)}) for k in range(4)]
+    assert scores[:2] == [0.0, 0.0] and 0.0 < scores[2] <= 1.0
 
 
 def test_values_are_validated_and_clipped() -> None:

@@ -279,7 +279,7 @@ class OnlineIsolationForest:
     def score(self, state: IForestWindow, x: Mapping[str, float]) -> float:
         """Anomaly score in (0, 1], higher is more anomalous; 0.0 before the first refit."""
         fit_no = state.n_seen // self.refit_every
-        if fit_no == 0:
+        if fit_no * self.refit_every < 2:  # no fit yet, or a fit on a single point
             return 0.0
         if state._fit_no != fit_no or state._forest is None:
             if state.fingerprint != self.fingerprint:
