@@ -46,10 +46,12 @@ of the ring (a new user pickles small). Measured for a full ring of 15 features,
 with 8 features: 2,605 and 1,339 (``python -m operators.models.bench``). To stay within a
 4 KiB per-user budget with 15 features, use float16 or a smaller window.
 
-Cost per event: scoring is about a dozen numpy calls (under 10 us for 25 trees); a fit is
-a few hundred numpy calls (about 0.4 ms for 25 trees on 64 points, nearly independent of
-the number of trees), so ``refit_every`` sets the amortized cost: 16 gives roughly
-25 us per event, 32 roughly 13 us.
+Cost per event: scoring is about a dozen numpy calls (8-17 us for 25 trees on the project's
+2-core machine, depending on its load); a fit is about two hundred numpy calls (0.45-0.8 ms
+for 25 trees on 64 points, half of it fixed, whatever the number of trees), so
+``refit_every`` sets the amortized cost: with 16, score + learn + refits measured 40-70 us
+per event; each doubling of ``refit_every`` halves the refit share. This is above the
+~20 us per-model budget that Half-Space Trees meet (4-10 us).
 
 float16 keeps about three significant digits and the range +-65504 (values beyond are clipped
 there, as float32 values are clipped to +-3.4e38): give it scaled features (logs, ratios,
