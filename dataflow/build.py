@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,7 +33,7 @@ from operators.ordering import Watermark
 from operators.records import Control, DeadLetter, Decision, Label, Txn
 from operators.sharding import all_terminal_keys, all_user_keys, terminal_key, user_key
 from operators.stages import StageConfig, TerminalStage, UserStage
-from txwatch.metrics import get_metrics
+from txwatch.metrics import child, get_metrics
 from txwatch.settings import Settings
 
 
@@ -65,8 +66,19 @@ def stage_config(settings: Settings, source_partitions: int, **kw: Any) -> Stage
         block_threshold=settings.block_threshold,
         user_ttl=settings.user_ttl_seconds,
         detector_factory=make_detector_factory(settings),
+        snapshots=recovery_enabled(settings),
     )
     return replace(cfg, **kw) if kw else cfg
+
+
+def recovery_enabled(settings: Settings) -> bool:
+    """Whether this process runs with Bytewax recovery (then the stages snapshot their state)."""
+    argv = sys.argv
+    return (
+        settings.recovery_dir is not None
+        or any(a.startswith(("-r", "--recovery-directory")) for a in argv)
+        or bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY"))
+    )
 
 
 def _worker_name() -> str:
@@ -165,15 +177,15 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
 
     def _observe(kv: tuple[str, Decision]) -> tuple[str, Decision]:
         d = kv[1]
-        m.decisions.labels(severity=d.severity).inc()
+        child(m.decisions, d.severity).inc()
         m.score.observe(d.score)
         start = d.txn.kafka_ts or d.txn.received_at
         if start:
             m.decision_latency.observe(max(0.0, d.decided_at - start))
         if d.is_alert:
-            m.alerts.labels(severity=d.severity).inc()
+            child(m.alerts, d.severity).inc()
             for r in d.reasons:
-                m.alert_reasons.labels(code=r.code).inc()
+                child(m.alert_reasons, r.code).inc()
         return kv
 
     decisions = op.map("observe", decisions, _observe)

@@ -29,7 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING
 from operators.ordering import Watermark
 from operators.parse import InvalidMessage, TxnParser, parse_control, parse_label
 from operators.records import DeadLetter, Label
-from txwatch.metrics import get_metrics
+from txwatch.metrics import child, get_metrics
 from txwatch.settings import Settings
 
 MARK_EVERY = 0.02
@@ -75,9 +75,9 @@ class _ParsingPartition(StatefulSourcePartition[Any, tuple[int | None, float]]):
             try:
                 item = self.parse(kmsg.value or b"", now, ts_ms / 1000.0 if ts_ms > 0 else None)
             except InvalidMessage as e:
-                m.invalid.labels(input=self.input_name).inc()
+                child(m.invalid, self.input_name).inc()
                 if self.input_name == "transactions":
-                    m.consumed.labels(outcome="invalid").inc()
+                    child(m.consumed, "invalid").inc()
                 out.append(_dead(kmsg.value, str(e), kmsg.topic, kmsg.partition, kmsg.offset))
                 continue
             out.append(item)
@@ -224,8 +224,8 @@ class _ReplayPartition(StatefulSourcePartition[Any, tuple[int, float]]):
             try:
                 t = self.parser.parse(raw, now)
             except InvalidMessage as e:
-                m.invalid.labels(input="transactions").inc()
-                m.consumed.labels(outcome="invalid").inc()
+                child(m.invalid, "transactions").inc()
+                child(m.consumed, "invalid").inc()
                 out.append(_dead(raw, str(e), "file", 0, pos))
                 continue
             ts = t.ts_seconds

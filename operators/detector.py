@@ -1,19 +1,312 @@
-"""Choosing the detector from settings (see :mod:`operators.scoring` for the interface)."""
+"""txwatch's detector: per-user and population anomaly models plus a supervised model that
+learns from delayed labels, combined into one score (higher = more suspicious).
+
+Components (each is reported per transaction, and measured by ``txwatch evaluate``):
+
+=================  =========================================================================
+``user_amount``    robust z-score of the amount against the user's recent amounts
+``pop_amount``     how rare the amount is in the population (its tail probability as a z)
+``velocity``       Poisson tail of the number of transactions in the last hour / day, given
+                   the user's usual rate (as a z)
+``travel``         implied travel speed and distance from the user's usual area
+``hst``            per-user Half-Space Trees (compact: shared structure, per-user masses) or
+                   ``iforest``, the per-user online Isolation Forest (``TXWATCH_USER_MODEL``)
+``population``     the shard's Half-Space Trees over the same features (cold start)
+``anomaly``        the label-free score: the strongest surprisal above, each user-based one
+                   weighted by the user's maturity, the population's by the rest
+``supervised``     river logistic regression over the features, terminal risk and the
+                   components, learnt only from delayed labels
+=================  =========================================================================
+
+The final score is the label-free ``anomaly`` score until the supervised model has seen
+enough labelled fraud, then ``max(anomaly, supervised on the same z-like scale)``.
+
+Scale: scores are z-like (a legitimate transaction rarely exceeds 3); see README, Detection.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
+from operators.models import HistogramQuantile, HSTStructure, OnlineIsolationForest, P2Quantile
 from operators.scoring import Detector, ZScoreDetector
+from operators.user import UserState
 from txwatch.settings import Settings
+
+VERSION = "txw-1.0"
+_ND = NormalDist()
+Z_MAX = 12.0
+
+# Fixed, documented limits of the model features (never a per-user min-max).
+LIMITS: dict[str, tuple[float, float]] = {
+    "amt_z": (-3.0, 12.0),  # robust z of the amount vs the user's last 32 amounts
+    "log_amount": (0.0, 7.0),  # log(1 + amount in base currency): 0..1,100
+    "log_ratio": (-3.0, 3.0),  # log of amount / user's 30-day mean
+    "log_gap": (0.0, 16.0),  # log(1 + seconds since the user's previous transaction)
+    "cnt_1h": (0.0, 10.0),  # user's transactions in the last hour
+    "cnt_1d": (0.0, 30.0),  # ... in the last day
+    "log_dist": (0.0, 10.0),  # log(1 + km from the user's usual area)
+    "log_speed": (0.0, 8.0),  # log(1 + implied km/h since the previous transaction)
+    "hour_rarity": (-0.5, 5.0),  # -log p(hour | user's habit), relative to uniform
+    "new_terminal": (0.0, 1.0),
+}
+
+
+def z_of_tail(p: float) -> float:
+    """The z whose upper-tail probability is ``p`` (clipped to [0, Z_MAX])."""
+    if p >= 0.5:
+        return 0.0
+    if p <= 1e-30:
+        return Z_MAX
+    return min(Z_MAX, _ND.inv_cdf(1.0 - p))
+
+
+def poisson_tail(k: int, lam: float) -> float:
+    """P(N >= k) for N ~ Poisson(lam)."""
+    if k <= 0:
+        return 1.0
+    term = math.exp(-lam)
+    cdf = term
+    for i in range(1, k):
+        term *= lam / i
+        cdf += term
+    return max(0.0, 1.0 - cdf)
+
+
+def model_features(f: dict[str, float]) -> dict[str, float]:
+    return {
+        "amt_z": f["amt_robust_z"],
+        "log_amount": f["log_amount"],
+        "log_ratio": math.log(max(f["amt_ratio_mean"], 1e-3)),
+        "log_gap": math.log1p(max(0.0, f["secs_since_prev"])),
+        "cnt_1h": f["u_cnt_1h"],
+        "cnt_1d": f["u_cnt_1d"],
+        "log_dist": math.log1p(f["dist_home_km"]),
+        "log_speed": math.log1p(f["speed_kmh"]),
+        "hour_rarity": f["hour_rarity"],
+        "new_terminal": f["new_terminal"],
+    }
+
+
+@dataclass(frozen=True)
+class DetectorParams:
+    """Every parameter of the detector (part of the model version's meaning)."""
+
+    user_model: str = "hst"
+    seed: int = 42
+    maturity_n: int = 10
+    hst_trees: int = 10
+    hst_height: int = 4
+    hst_window: int = 64
+    pop_trees: int = 25
+    pop_height: int = 6
+    pop_window: int = 255
+    iforest_trees: int = 25
+    iforest_window: int = 64
+    hst_weight: float = 2.0
+    sup_min_frauds: int = 20
+    sup_lr: float = 0.05
+    user_quantile: float = 0.995
+    user_quantile_min_n: int = 50
+    budget_per_1000: float = 5.0
+    threshold: float = 3.5
+
+
+_STRUCTURES: dict[tuple[Any, ...], Any] = {}
+
+
+def _shared(kind: str, *args: Any) -> Any:
+    key = (kind, *args)
+    s = _STRUCTURES.get(key)
+    if s is None:
+        if kind == "hst":
+            trees, height, window, seed = args
+            s = HSTStructure(LIMITS, n_trees=trees, height=height, window_size=window, seed=seed)
+        else:
+            trees, window, seed = args
+            s = OnlineIsolationForest(sorted(LIMITS), n_trees=trees, window_size=window,
+                                      max_samples=window, refit_every=16, seed=seed)
+        _STRUCTURES[key] = s
+    return s
+
+
+class TxwDetector:
+    """The detector of one logical user shard (see module docstring)."""
+
+    def __init__(self, params: DetectorParams, state: dict[str, Any] | None = None) -> None:
+        from river import linear_model, optim
+
+        self.p = params
+        self.version = f"{VERSION}-{params.user_model}"
+        if params.user_model == "iforest":
+            self.user_model: Any = _shared("iforest", params.iforest_trees,
+                                           params.iforest_window, params.seed)
+        else:
+            self.user_model = _shared("hst", params.hst_trees, params.hst_height,
+                                      params.hst_window, params.seed)
+        self.pop_model = _shared("hst", params.pop_trees, params.pop_height, params.pop_window,
+                                 params.seed + 1)
+        if state is None:
+            self.pop_masses = self.pop_model.new_masses()
+            self.amount_bins = [0] * 80  # log1p(amount) in bins of 0.1
+            self.amount_n = 0
+            self.sup = linear_model.LogisticRegression(optimizer=optim.SGD(params.sup_lr))
+            self.frauds_learnt = 0
+            self.labels_learnt = 0
+            self.budget = HistogramQuantile(lo=0.01, hi=100.0, n_bins=400,
+                                            q=round(1 - params.budget_per_1000 / 1000, 6),
+                                            half_life=200_000)
+        else:
+            self.pop_masses = state["pop_masses"]
+            self.amount_bins = state["amount_bins"]
+            self.amount_n = state["amount_n"]
+            self.sup = state["sup"]
+            self.frauds_learnt = state["frauds_learnt"]
+            self.labels_learnt = state["labels_learnt"]
+            self.budget = state["budget"]
+
+    # ------------------------------------------------------------------------------------
+    def _pop_amount_z(self, amount: float) -> float:
+        if self.amount_n < 100:
+            return 0.0
+        b = min(79, int(math.log1p(amount) * 10))
+        above = sum(self.amount_bins[b + 1:]) + 0.5 * self.amount_bins[b]
+        return z_of_tail((above + 0.5) / (self.amount_n + 1))
+
+    def components(self, user: UserState, f: dict[str, float]) -> dict[str, float]:
+        n = user.n
+        maturity = min(1.0, n / self.p.maturity_n)
+        user_amount = max(0.0, min(Z_MAX, f["amt_robust_z"])) if n >= 3 else 0.0
+        # velocity: this transaction and those before it in the window, vs the usual rate
+        days = max(1.0, min(30.0, f["u_days"]))
+        rate_d = max(f["u_cnt_30d"] / days, 0.5)
+        v1h = z_of_tail(poisson_tail(int(f["u_cnt_1h"]) + 1, rate_d / 24.0 * 2.0))
+        v1d = z_of_tail(poisson_tail(int(f["u_cnt_1d"]) + 1, rate_d * 1.5))
+        velocity = max(v1h, v1d) if n >= 5 else 0.0
+        speed = f["speed_kmh"]
+        travel = 0.0
+        if speed > 200:
+            travel = min(Z_MAX, 2.0 + 2.0 * math.log2(speed / 200))
+        if f["dist_home_km"] > 150 and n >= 3:
+            travel = max(travel, min(Z_MAX, 2.0 + 2.0 * math.log2(f["dist_home_km"] / 150)))
+        x = model_features(f)
+        own = 0.0
+        if user.model is not None:
+            own = self.user_model.score(user.model, x)
+        pop = self.pop_model.score(self.pop_masses, x)
+        pop_amount = self._pop_amount_z(f["amount"])
+        user_based = max(user_amount, velocity, 10.0 * own * self.p.hst_weight / 2.0)
+        anomaly = max(maturity * user_based + (1 - maturity) * 10.0 * pop, pop_amount, travel)
+        return {
+            "user_amount": user_amount,
+            "pop_amount": pop_amount,
+            "velocity": velocity,
+            "travel": travel,
+            self.p.user_model: own,
+            "population": pop,
+            "anomaly": anomaly,
+            "maturity": maturity,
+        }
+
+    def sup_features(self, f: dict[str, float], c: dict[str, float]) -> dict[str, float]:
+        a = f["amount"]
+        ds = f.get("term_days_since_fraud", 60.0)
+        return {
+            "anomaly": min(c["anomaly"], Z_MAX) / Z_MAX,
+            "user_amount": c["user_amount"] / Z_MAX,
+            "pop_amount": c["pop_amount"] / Z_MAX,
+            "velocity": c["velocity"] / Z_MAX,
+            "travel": c["travel"] / Z_MAX,
+            "log_amount": f["log_amount"] / 7.0,
+            "amt_gt_220": 1.0 if a > 220 else 0.0,
+            "ratio_gt_3": 1.0 if f["amt_ratio_mean"] > 3 else 0.0,
+            "term_risk_1d": f.get("term_risk_1d", 0.0),
+            "term_risk_7d": f.get("term_risk_7d", 0.0),
+            "term_risk_30d": f.get("term_risk_30d", 0.0),
+            "term_lab_risk_30d": f.get("term_lab_risk_30d", 0.0),
+            "term_fraud_7d": 1.0 if ds < 7 else 0.0,
+            "term_fraud_14d": 1.0 if 7 <= ds < 14 else 0.0,
+            "term_fraud_21d": 1.0 if 14 <= ds < 21 else 0.0,
+            "term_fraud_28d": 1.0 if 21 <= ds < 28 else 0.0,
+            "term_fraud_old": 1.0 if 28 <= ds < 60 else 0.0,
+            "new_terminal": f["new_terminal"],
+            "cold": 1.0 - c["maturity"],
+        }
+
+    def score(self, user: UserState, f: dict[str, float]) -> tuple[float, dict[str, float]]:
+        c = self.components(user, f)
+        final = c["anomaly"]
+        if self.frauds_learnt >= self.p.sup_min_frauds:
+            p = self.sup.predict_proba_one(self.sup_features(f, c)).get(True, 0.0)
+            c["supervised"] = p
+            sup_z = z_of_tail(max(1e-30, 1.0 - p) * 0.01)  # p = 0.5 -> ~2.6, 0.99 -> ~4.3
+            final = max(final, sup_z) if p >= 0.5 else final
+        # adaptive threshold: the user's own running quantile, and the global budget
+        thr = self.p.threshold
+        q = user.score_q
+        if q is not None and q.count >= self.p.user_quantile_min_n:
+            thr = max(thr, q.get())
+        if self.budget.n_updates >= 10_000:
+            thr = max(thr, self.budget.get() or thr)
+        c["threshold"] = thr
+        return final, c
+
+    def learn(self, user: UserState, f: dict[str, float], score: float) -> None:
+        if user.score_q is None:
+            user.score_q = P2Quantile(self.p.user_quantile)
+        user.score_q.update(score)
+        self.budget.update(max(score, 0.01))
+        if score >= self.p.threshold:
+            return  # protect the anomaly models from what they flag
+        x = model_features(f)
+        if user.model is None:
+            user.model = (self.user_model.new_state() if self.p.user_model == "iforest"
+                          else self.user_model.new_masses())
+        self.user_model.learn(user.model, x)
+        self.pop_model.learn(self.pop_masses, x)
+        self.amount_bins[min(79, int(f["log_amount"] * 10))] += 1
+        self.amount_n += 1
+
+    def keep(self, f: dict[str, float], c: dict[str, float]) -> dict[str, float]:
+        """What is kept of a transaction until its label arrives."""
+        return self.sup_features(f, c)
+
+    def learn_label(self, kept: dict[str, float], is_fraud: bool) -> None:
+        self.sup.learn_one(kept, is_fraud)
+        self.labels_learnt += 1
+        if is_fraud:
+            self.frauds_learnt += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "pop_masses": self.pop_masses,
+            "amount_bins": self.amount_bins,
+            "amount_n": self.amount_n,
+            "sup": self.sup,
+            "frauds_learnt": self.frauds_learnt,
+            "labels_learnt": self.labels_learnt,
+            "budget": self.budget,
+        }
+
+
+def params_from_settings(settings: Settings) -> DetectorParams:
+    return DetectorParams(
+        user_model=settings.user_model if settings.user_model != "zscore" else "hst",
+        seed=settings.model_seed,
+        maturity_n=settings.min_history,
+        budget_per_1000=settings.alert_budget_per_1000,
+        threshold=settings.threshold,
+    )
 
 
 def make_detector_factory(settings: Settings) -> Callable[[Any], Detector]:
-    """A picklable-state factory: ``factory(snapshot_or_None) -> Detector``."""
-    min_history = settings.min_history
-
-    def factory(state: Any) -> Detector:
-        return ZScoreDetector(min_history=min_history, state=state)
-
-    return factory
+    """``factory(snapshot_or_None) -> Detector`` for the user stage."""
+    if settings.user_model == "zscore":
+        min_history = settings.min_history
+        return lambda state: ZScoreDetector(min_history=min_history, state=state)
+    params = params_from_settings(settings)
+    return lambda state: TxwDetector(params, state)  # type: ignore[return-value]

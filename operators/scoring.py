@@ -39,8 +39,12 @@ class Detector(Protocol):
         """Learn a transaction after it was scored."""
         ...
 
-    def learn_label(self, features: dict[str, float], is_fraud: bool) -> None:
-        """Learn a delayed label for a transaction whose features were kept."""
+    def keep(self, features: dict[str, float], components: dict[str, float]) -> Any:
+        """What to keep of a scored transaction until its label arrives (None: nothing)."""
+        ...
+
+    def learn_label(self, kept: Any, is_fraud: bool) -> None:
+        """Learn a delayed label for a transaction, given what :meth:`keep` returned."""
         ...
 
     def snapshot(self) -> Any:
@@ -66,7 +70,10 @@ class ZScoreDetector:
     def learn(self, user: UserState, features: dict[str, float], score: float) -> None:
         return None
 
-    def learn_label(self, features: dict[str, float], is_fraud: bool) -> None:
+    def keep(self, features: dict[str, float], components: dict[str, float]) -> Any:
+        return None
+
+    def learn_label(self, kept: Any, is_fraud: bool) -> None:
         return None
 
     def snapshot(self) -> Any:

@@ -14,9 +14,17 @@ from __future__ import annotations
 
 import zlib
 
+_CACHE: dict[str, int] = {}
+
 
 def shard_of(value: str, shards: int) -> int:
-    return zlib.crc32(value.encode()) % shards
+    h = _CACHE.get(value)
+    if h is None:
+        h = zlib.crc32(value.encode())
+        if len(_CACHE) > 200_000:  # bounded memo of the hot ids
+            _CACHE.clear()
+        _CACHE[value] = h
+    return h % shards
 
 
 def user_key(user_id: str, shards: int) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,7 +34,7 @@ from operators.records import Control, Decision, Label, Txn
 from operators.scoring import Detector
 from operators.terminal import TerminalState
 from operators.user import UserState
-from txwatch.metrics import get_metrics
+from txwatch.metrics import child, get_metrics
 
 STATE_VERSION = 1
 """Layout version of the stages' snapshots. A release that changes the layout bumps it; an
@@ -74,6 +74,9 @@ class StageConfig:
     label_horizon: float = 35 * 86400.0
     max_pending_labels: int = 2_000_000
     detector_factory: Callable[[Any], Detector] = field(default=lambda state: _default(state))
+    snapshots: bool = True
+    """Bytewax asks for snapshots at every epoch even without recovery; when recovery is off
+    the stages answer with an empty marker instead of pickling all their state."""
 
 
 def _default(state: Any) -> Detector:
@@ -116,7 +119,7 @@ class _OrderedStage(StatefulLogic[Any, Any, bytes]):
         if key is None:  # not ordered (controls)
             return self._process(value), StatefulLogic.RETAIN
         if self.buf.is_late(key[0]):
-            get_metrics().late_events.labels(stage=self.stage).inc()
+            child(get_metrics().late_events, self.stage).inc()
             return self._process(value), StatefulLogic.RETAIN
         self.buf.push(key, value, _now())
         return out, StatefulLogic.RETAIN
@@ -149,7 +152,7 @@ class TerminalStage(_OrderedStage):
 
     def __init__(self, key: str, cfg: StageConfig, resume: bytes | None) -> None:
         self.key = key
-        if resume is None:
+        if not resume:
             buf = EventTimeBuffer(cfg.source_partitions)
             self.terminals: dict[str, TerminalState] = {}
             self.seen: dict[str, float] = {}
@@ -180,7 +183,7 @@ class TerminalStage(_OrderedStage):
             ts = item.ts_seconds
             dkey = f"{item.user_id}\x00{item.transaction_id}"
             if dkey in self.seen:
-                m.consumed.labels(outcome="duplicate").inc()
+                child(m.consumed, "duplicate").inc()
                 return []
             self.seen[dkey] = ts
             self.seen_order.append((ts, dkey))
@@ -196,7 +199,7 @@ class TerminalStage(_OrderedStage):
             term.learn_txn(ts)
             return [("t", item, feats)]
         if isinstance(item, Label):
-            m.labels_received.labels(label=item.label).inc()
+            child(m.labels_received, item.label).inc()
             m.label_lag.observe(
                 max(0.0, (item.label_time - item.transaction_time).total_seconds())
             )
@@ -227,6 +230,8 @@ class TerminalStage(_OrderedStage):
         return []
 
     def snapshot(self) -> bytes:
+        if not self.cfg.snapshots:
+            return b""
         return pickle.dumps(
             {
                 "version": STATE_VERSION,
@@ -247,7 +252,7 @@ class Pending:
     """What is kept of a scored transaction until its label arrives."""
 
     ts: float
-    features: dict[str, float]
+    kept: Any
     alerted: bool
 
 
@@ -259,10 +264,10 @@ class UserStage(_OrderedStage):
     def __init__(self, key: str, cfg: StageConfig, resume: bytes | None, worker: str = "") -> None:
         self.key = key
         self.worker = worker
-        if resume is None:
+        if not resume:
             buf = EventTimeBuffer(cfg.terminal_shards)
             self.users: dict[str, UserState] = {}
-            self.pending: dict[str, Pending] = {}
+            self.pending: OrderedDict[str, Pending] = OrderedDict()
             self.snoozes: dict[tuple[str, str], float] = {}
             self.detector = cfg.detector_factory(None)
             self.clock = float("-inf")
@@ -354,12 +359,12 @@ class UserStage(_OrderedStage):
             snoozed=snoozed,
         )
         self.detector.learn(user, feats, score)
-        user.learn(ts, amount, **kw)
-        self.pending[t.transaction_id] = Pending(ts, feats, d.is_alert)
-        m.consumed.labels(outcome="scored").inc()
+        user.learn(ts, amount, protect=score >= threshold, **kw)
+        self.pending[t.transaction_id] = Pending(ts, self.detector.keep(feats, comps), d.is_alert)
+        child(m.consumed, "scored").inc()
         if comps.get("maturity", 1.0) < 0.5:
             m.cold_start_scores.inc()
-        if ts - self.last_evict > 3600.0:
+        if ts - self.last_evict > 6 * 3600.0:
             self._evict(ts)
         return [d]
 
@@ -367,9 +372,10 @@ class UserStage(_OrderedStage):
         p = self.pending.pop(lb.transaction_id, None)
         if p is None:
             return
-        self.detector.learn_label(p.features, lb.is_fraud)
+        if p.kept is not None:
+            self.detector.learn_label(p.kept, lb.is_fraud)
         if p.alerted:
-            get_metrics().labelled_alerts.labels(label=lb.label).inc()
+            child(get_metrics().labelled_alerts, lb.label).inc()
 
     def _evict(self, now: float) -> None:
         self.last_evict = now
@@ -379,18 +385,20 @@ class UserStage(_OrderedStage):
             del self.users[u]
         if idle:
             get_metrics().evicted_users.inc(len(idle))
+        # pending is in insertion (event-time) order: drop from the front
         lcut = now - self.cfg.label_horizon
-        old = [k for k, p in self.pending.items() if p.ts < lcut]
-        for k in old:
-            del self.pending[k]
-        if len(self.pending) > self.cfg.max_pending_labels // max(1, self.cfg.user_shards):
-            for k in sorted(self.pending, key=lambda k: self.pending[k].ts)[
-                : len(self.pending) // 4
-            ]:
-                del self.pending[k]
+        cap = self.cfg.max_pending_labels // max(1, self.cfg.user_shards)
+        pending = self.pending
+        while pending:
+            _k, p = next(iter(pending.items()))
+            if p.ts >= lcut and len(pending) <= cap:
+                break
+            pending.popitem(last=False)
         self.snoozes = {k: v for k, v in self.snoozes.items() if v > now}
 
     def snapshot(self) -> bytes:
+        if not self.cfg.snapshots:
+            return b""
         return pickle.dumps(
             {
                 "version": STATE_VERSION,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import zlib
 from array import array
+from functools import lru_cache
 from typing import Any
 
 HOUR = 3600.0
@@ -31,6 +32,7 @@ BLOOM_BITS = 1024
 EARTH_KM = 6371.0
 
 
+@lru_cache(maxsize=65_536)
 def _bits(value: str, salt: int) -> int:
     # Two stable hashes (crc32, never Python's randomised hash()) into a 1,024-bit Bloom set.
     h = zlib.crc32(value.encode(), salt)
@@ -65,6 +67,7 @@ class UserState:
         "log_mean",
         "model",
         "n",
+        "n_amounts",
         "recent",
         "score_q",
         "seen",
@@ -72,6 +75,7 @@ class UserState:
 
     def __init__(self) -> None:
         self.n = 0
+        self.n_amounts = 0
         self.first_ts = 0.0
         self.last_ts = 0.0
         self.log_mean = 0.0
@@ -111,7 +115,8 @@ class UserState:
         """Features of a transaction against this user's history (which it does not change)."""
         n = self.n
         la = math.log1p(amount)
-        f: dict[str, float] = {"amount": amount, "log_amount": la, "u_n": float(n)}
+        f: dict[str, float] = {"amount": amount, "log_amount": la, "u_n": float(n),
+                               "u_days": (ts - self.first_ts) / DAY if n else 0.0}
         # windows: 1 h and 1 d from the recent list, 7 d and 30 d from day buckets
         c1h = s1h = c1d = s1d = 0.0
         for t, a in self.recent:
@@ -140,13 +145,14 @@ class UserState:
         f["u_mean_7d"] = s7 / c7 if c7 else 0.0
         f["u_mean_30d"] = s30 / c30 if c30 else 0.0
         # amount against the user's own history
-        if n >= 2:
-            var = self.log_m2 / (n - 1)
+        na = self.n_amounts
+        if na >= 2:
+            var = self.log_m2 / (na - 1)
             sd = math.sqrt(var) if var > 1e-12 else 0.0
             f["amt_z_log"] = (la - self.log_mean) / max(sd, 0.05)
         else:
             f["amt_z_log"] = 0.0
-        mean_ref = f["u_mean_30d"] or (math.expm1(self.log_mean) if n else 0.0)
+        mean_ref = f["u_mean_30d"] or (math.expm1(self.log_mean) if na else 0.0)
         f["amt_ratio_mean"] = amount / mean_ref if mean_ref > 0 else 1.0
         ring = self.amounts
         if len(ring) >= 3:
@@ -198,20 +204,24 @@ class UserState:
         lat: float | None = None,
         lon: float | None = None,
         local_hour: int | None = None,
+        protect: bool = False,
     ) -> None:
-        """Add a transaction to the history (after it was scored)."""
+        """Add a transaction to the history (after it was scored). With ``protect`` (the
+        transaction was flagged), its amount does not enter the amount baseline."""
         if self.n == 0:
             self.first_ts = ts
         self.n += 1
-        la = math.log1p(amount)
-        d = la - self.log_mean
-        self.log_mean += d / self.n
-        self.log_m2 += d * (la - self.log_mean)
-        ring = self.amounts
-        if len(ring) < RING:
-            ring.append(amount)
-        else:
-            ring[self.n % RING] = amount
+        if not protect:
+            self.n_amounts += 1
+            la = math.log1p(amount)
+            d = la - self.log_mean
+            self.log_mean += d / self.n_amounts
+            self.log_m2 += d * (la - self.log_mean)
+            ring = self.amounts
+            if len(ring) < RING:
+                ring.append(amount)
+            else:
+                ring[self.n_amounts % RING] = amount
         recent = [r for r in self.recent if ts - r[0] < DAY]
         recent.append((ts, amount))
         self.recent = recent[-RECENT_MAX:]

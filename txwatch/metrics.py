@@ -14,6 +14,7 @@ reason code, model, stage).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -204,3 +205,16 @@ def get_metrics() -> Metrics:
     if _METRICS is None:
         _METRICS = Metrics.create()
     return _METRICS
+
+
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, memoised: the hot path calls this per event, and
+    prometheus-client's ``labels()`` costs a lock and a dict build each time."""
+    key = (id(metric), values)
+    c = _CHILDREN.get(key)
+    if c is None:
+        c = _CHILDREN[key] = metric.labels(*values)
+    return c
