@@ -400,9 +400,9 @@ class Cluster:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     p.wait(timeout=max(0.0, deadline - time.monotonic()))
             for p in procs:
-                # the process itself and anything it left in its group
-                _signal_group(p, signal.SIGKILL)
-                p.wait()
+                if p.poll() is None:  # never signal a reaped pid: it may have been reused
+                    _signal_group(p, signal.SIGKILL)
+                    p.wait()
 
     def _close_logs(self) -> None:
         for f in self._logs:
