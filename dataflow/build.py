@@ -175,8 +175,16 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
 
     decisions = op.stateful("user", by_user, build_user)  # (u-shard, Decision)
 
+    rate = {"alerts": 0.0, "all": 0.0, "n": 0}
+
     def _observe(kv: tuple[str, Decision]) -> tuple[str, Decision]:
         d = kv[1]
+        # alert rate over roughly the last 5,000 decisions of this worker (exponential decay)
+        rate["all"] = rate["all"] * 0.9998 + 1.0
+        rate["alerts"] = rate["alerts"] * 0.9998 + (1.0 if d.is_alert else 0.0)
+        rate["n"] += 1
+        if rate["n"] % 256 == 0:
+            m.alert_rate.set(1000.0 * rate["alerts"] / rate["all"])
         child(m.decisions, d.severity).inc()
         m.score.observe(d.score)
         start = d.txn.kafka_ts or d.txn.received_at

@@ -40,6 +40,8 @@ from txwatch.settings import Settings
 VERSION = "txw-1.0"
 _ND = NormalDist()
 Z_MAX = 12.0
+POP_RES = 20  # population amount histogram: bins of 1/20 in log(1 + amount), about 5 %
+POP_BINS = 10 * POP_RES
 
 # Fixed, documented limits of the model features (never a per-user min-max).
 LIMITS: dict[str, tuple[float, float]] = {
@@ -77,6 +79,21 @@ def poisson_tail(k: int, lam: float) -> float:
     return max(0.0, 1.0 - cdf)
 
 
+AMOUNT_EDGES = (*range(20, 401, 20), 500, 700, 1000)
+Z_EDGES = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+DAY_EDGES = (1.0, 3.0, 5.0, 7.0, 8.0, 10.0, 14.0, 21.0, 28.0, 35.0, 59.0)
+
+
+def _bin(prefix: str, v: float, edges: tuple[float, ...]) -> str:
+    """``prefix:i`` where ``i`` is the number of edges at or below ``v``."""
+    i = 0
+    for e in edges:
+        if v < e:
+            break
+        i += 1
+    return f"{prefix}:{i}"
+
+
 def model_features(f: dict[str, float]) -> dict[str, float]:
     return {
         "amt_z": f["amt_robust_z"],
@@ -107,7 +124,8 @@ class DetectorParams:
     pop_window: int = 255
     iforest_trees: int = 25
     iforest_window: int = 64
-    hst_weight: float = 2.0
+    hst_weight: float = 0.2
+    pop_amount_weight: float = 1.5
     sup_min_frauds: int = 20
     sup_lr: float = 0.05
     user_quantile: float = 0.995
@@ -152,7 +170,7 @@ class TxwDetector:
                                  params.seed + 1)
         if state is None:
             self.pop_masses = self.pop_model.new_masses()
-            self.amount_bins = [0] * 80  # log1p(amount) in bins of 0.1
+            self.amount_bins = [0] * POP_BINS  # log1p(amount) in bins of 1/POP_RES
             self.amount_n = 0
             self.sup = linear_model.LogisticRegression(optimizer=optim.SGD(params.sup_lr))
             self.frauds_learnt = 0
@@ -168,19 +186,30 @@ class TxwDetector:
             self.frauds_learnt = state["frauds_learnt"]
             self.labels_learnt = state["labels_learnt"]
             self.budget = state["budget"]
+        self.budget_thr: float | None = None if state is None else state["budget_thr"]
 
     # ------------------------------------------------------------------------------------
     def _pop_amount_z(self, amount: float) -> float:
-        if self.amount_n < 100:
+        """The amount's rarity in the shard's population, as a z (tail probability with
+        linear interpolation inside a bin; beyond the data, growing with log(amount))."""
+        n = self.amount_n
+        if n < 100:
             return 0.0
-        b = min(79, int(math.log1p(amount) * 10))
-        above = sum(self.amount_bins[b + 1:]) + 0.5 * self.amount_bins[b]
-        return z_of_tail((above + 0.5) / (self.amount_n + 1))
+        x = math.log1p(amount) * POP_RES
+        b = min(POP_BINS - 1, int(x))
+        bins = self.amount_bins
+        above = sum(bins[b + 1:]) + (1.0 - (x - b)) * bins[b]
+        if above < 0.5:  # past the largest amounts seen: keep ranking by amount
+            top = max(i for i, c in enumerate(bins) if c) if any(bins) else 0
+            return min(Z_MAX, z_of_tail(0.5 / (n + 1)) + max(0.0, (x - top - 1) / POP_RES))
+        return z_of_tail(above / (n + 1))
 
     def components(self, user: UserState, f: dict[str, float]) -> dict[str, float]:
         n = user.n
         maturity = min(1.0, n / self.p.maturity_n)
-        user_amount = max(0.0, min(Z_MAX, f["amt_robust_z"])) if n >= 3 else 0.0
+        # full-history z of the raw amount, shrunk while the history is short
+        user_amount = (max(0.0, min(Z_MAX, f["amt_z"])) * math.sqrt(n / (n + 5.0))
+                       if n >= 3 else 0.0)
         # velocity: this transaction and those before it in the window, vs the usual rate
         days = max(1.0, min(30.0, f["u_days"]))
         rate_d = max(f["u_cnt_30d"] / days, 0.5)
@@ -199,8 +228,9 @@ class TxwDetector:
             own = self.user_model.score(user.model, x)
         pop = self.pop_model.score(self.pop_masses, x)
         pop_amount = self._pop_amount_z(f["amount"])
-        user_based = max(user_amount, velocity, 10.0 * own * self.p.hst_weight / 2.0)
-        anomaly = max(maturity * user_based + (1 - maturity) * 10.0 * pop, pop_amount, travel)
+        user_based = max(user_amount, velocity, self.p.hst_weight * 10.0 * own)
+        anomaly = max(maturity * user_based + (1 - maturity) * self.p.hst_weight * 10.0 * pop,
+                      self.p.pop_amount_weight * pop_amount, travel)
         return {
             "user_amount": user_amount,
             "pop_amount": pop_amount,
@@ -213,29 +243,31 @@ class TxwDetector:
         }
 
     def sup_features(self, f: dict[str, float], c: dict[str, float]) -> dict[str, float]:
-        a = f["amount"]
-        ds = f.get("term_days_since_fraud", 60.0)
-        return {
+        """Inputs of the supervised model: the components and one-hot bins of the features
+        that carry the most label information (binning lets a linear model learn steps)."""
+        x = {
             "anomaly": min(c["anomaly"], Z_MAX) / Z_MAX,
             "user_amount": c["user_amount"] / Z_MAX,
             "pop_amount": c["pop_amount"] / Z_MAX,
             "velocity": c["velocity"] / Z_MAX,
             "travel": c["travel"] / Z_MAX,
+            "hst": c.get(self.p.user_model, 0.0),
             "log_amount": f["log_amount"] / 7.0,
-            "amt_gt_220": 1.0 if a > 220 else 0.0,
-            "ratio_gt_3": 1.0 if f["amt_ratio_mean"] > 3 else 0.0,
             "term_risk_1d": f.get("term_risk_1d", 0.0),
             "term_risk_7d": f.get("term_risk_7d", 0.0),
             "term_risk_30d": f.get("term_risk_30d", 0.0),
             "term_lab_risk_30d": f.get("term_lab_risk_30d", 0.0),
-            "term_fraud_7d": 1.0 if ds < 7 else 0.0,
-            "term_fraud_14d": 1.0 if 7 <= ds < 14 else 0.0,
-            "term_fraud_21d": 1.0 if 14 <= ds < 21 else 0.0,
-            "term_fraud_28d": 1.0 if 21 <= ds < 28 else 0.0,
-            "term_fraud_old": 1.0 if 28 <= ds < 60 else 0.0,
+            "term_recent_lab_risk": f.get("term_recent_lab_risk", 0.0),
             "new_terminal": f["new_terminal"],
             "cold": 1.0 - c["maturity"],
         }
+        x[_bin("amt", f["amount"], AMOUNT_EDGES)] = 1.0
+        x[_bin("z", c["user_amount"], Z_EDGES)] = 1.0
+        x[_bin("tdsf", f.get("term_days_since_fraud", 60.0), DAY_EDGES)] = 1.0
+        x[_bin("tep", f.get("term_episode_days", 60.0), DAY_EDGES)] = 1.0
+        rl = f.get("term_recent_lab_risk", 0.0)
+        x[_bin("trl", rl, (0.001, 0.25, 0.5, 0.75, 0.999))] = 1.0
+        return x
 
     def score(self, user: UserState, f: dict[str, float]) -> tuple[float, dict[str, float]]:
         c = self.components(user, f)
@@ -243,15 +275,16 @@ class TxwDetector:
         if self.frauds_learnt >= self.p.sup_min_frauds:
             p = self.sup.predict_proba_one(self.sup_features(f, c)).get(True, 0.0)
             c["supervised"] = p
-            sup_z = z_of_tail(max(1e-30, 1.0 - p) * 0.01)  # p = 0.5 -> ~2.6, 0.99 -> ~4.3
-            final = max(final, sup_z) if p >= 0.5 else final
+            # on the z-like scale: p = 0.5 -> 2.5, 0.66 -> 3.5, 0.9 -> 5.8, 0.99 -> 9.4
+            lg = math.log(max(p, 1e-12) / max(1.0 - p, 1e-12))
+            final = max(0.0, min(Z_MAX * 2, 2.5 + 1.5 * lg))
         # adaptive threshold: the user's own running quantile, and the global budget
         thr = self.p.threshold
         q = user.score_q
         if q is not None and q.count >= self.p.user_quantile_min_n:
             thr = max(thr, q.get())
-        if self.budget.n_updates >= 10_000:
-            thr = max(thr, self.budget.get() or thr)
+        if self.budget_thr is not None:
+            thr = max(thr, self.budget_thr)
         c["threshold"] = thr
         return final, c
 
@@ -260,6 +293,9 @@ class TxwDetector:
             user.score_q = P2Quantile(self.p.user_quantile)
         user.score_q.update(score)
         self.budget.update(max(score, 0.01))
+        n = self.budget.n_updates
+        if n >= 10_000 and n % 1024 == 0:  # reading the histogram costs a cumsum: not per event
+            self.budget_thr = self.budget.get()
         if score >= self.p.threshold:
             return  # protect the anomaly models from what they flag
         x = model_features(f)
@@ -268,7 +304,7 @@ class TxwDetector:
                           else self.user_model.new_masses())
         self.user_model.learn(user.model, x)
         self.pop_model.learn(self.pop_masses, x)
-        self.amount_bins[min(79, int(f["log_amount"] * 10))] += 1
+        self.amount_bins[min(POP_BINS - 1, int(f["log_amount"] * POP_RES))] += 1
         self.amount_n += 1
 
     def keep(self, f: dict[str, float], c: dict[str, float]) -> dict[str, float]:
@@ -290,6 +326,7 @@ class TxwDetector:
             "frauds_learnt": self.frauds_learnt,
             "labels_learnt": self.labels_learnt,
             "budget": self.budget,
+            "budget_thr": self.budget_thr,
         }
 
 

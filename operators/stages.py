@@ -89,6 +89,40 @@ def _now() -> float:
     return time.time()
 
 
+class _ProcessState:
+    """Per-process totals over the shards this process holds (gauges are per process)."""
+
+    users: dict[str, int] = {}  # noqa: RUF012 - process-wide on purpose
+    terminals: dict[str, int] = {}  # noqa: RUF012
+    bytes: dict[tuple[str, str], int] = {}  # noqa: RUF012
+
+    @classmethod
+    def report(cls, stage: str, key: str, count: int, nbytes: int | None) -> None:
+        m = get_metrics()
+        if stage == "user":
+            cls.users[key] = count
+            m.users_in_state.set(sum(cls.users.values()))
+        else:
+            cls.terminals[key] = count
+            m.terminals_in_state.set(sum(cls.terminals.values()))
+        if nbytes is not None:
+            cls.bytes[(stage, key)] = nbytes
+            child(m.state_bytes, stage).set(
+                sum(v for (st, _), v in cls.bytes.items() if st == stage)
+            )
+
+
+def estimate_bytes(items: dict[str, Any], sample: int = 32) -> int:
+    """Approximate pickled size of a dict of states from a deterministic sample."""
+    n = len(items)
+    if n == 0:
+        return 0
+    step = max(1, n // sample)
+    vals = list(items.values())[::step]
+    return int(sum(len(pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL)) for v in vals)
+               * n / len(vals))
+
+
 class _OrderedStage(StatefulLogic[Any, Any, bytes]):
     """Common buffering: push, release by watermark, hold timeout, drain at EOF."""
 
@@ -211,7 +245,7 @@ class TerminalStage(_OrderedStage):
             prev = self.labels.get(item.transaction_id)
             if prev is not None:  # a later label replaces an earlier one
                 term.remove_label(tts, prev)
-            term.apply_label(tts, item.is_fraud)
+            term.apply_label(tts, item.is_fraud, item.label_time.timestamp())
             self.labels[item.transaction_id] = item.is_fraud
             cap = 4 * self.cfg.max_pending_labels // max(1, self.cfg.terminal_shards)
             if len(self.labels) > cap:
@@ -225,7 +259,10 @@ class TerminalStage(_OrderedStage):
         w = self.buf.watermark
         if w > self.sent_wm:
             self.sent_wm = w
-            get_metrics().terminals_in_state.set(len(self.terminals))
+            self._n_wm = getattr(self, "_n_wm", 0) + 1
+            if self._n_wm % 64 == 1:
+                _ProcessState.report("terminal", self.key, len(self.terminals),
+                                     estimate_bytes(self.terminals))
             return [("w", Watermark(self.key, w, self.cfg.terminal_shards))]
         return []
 
@@ -395,6 +432,7 @@ class UserStage(_OrderedStage):
                 break
             pending.popitem(last=False)
         self.snoozes = {k: v for k, v in self.snoozes.items() if v > now}
+        _ProcessState.report("user", self.key, len(self.users), estimate_bytes(self.users))
 
     def snapshot(self) -> bytes:
         if not self.cfg.snapshots:

@@ -24,6 +24,7 @@ DAY = 86_400.0
 HORIZON_DAYS = 31
 WINDOWS = (1, 7, 30)
 NO_FRAUD_DAYS = 60.0
+EPISODE_GAP_DAYS = 7.0
 """Value of ``term_days_since_fraud`` when no fraud is known at the terminal."""
 
 
@@ -34,6 +35,11 @@ class TerminalState:
     days: dict[int, list[int]] = field(default_factory=dict)
     last_fraud_ts: float | None = None
     last_seen: float = 0.0
+    episode_start: float | None = None
+    """Transaction time of the first known fraud of the current fraud episode (known frauds
+    no more than ``EPISODE_GAP_DAYS`` apart)."""
+    label_days: dict[int, list[int]] = field(default_factory=dict)
+    """``label day -> [labels, frauds]`` for labels received in the last days."""
 
     def features(self, ts: float) -> dict[str, float]:
         today = int(ts // DAY)
@@ -51,6 +57,18 @@ class TerminalState:
             out[f"term_risk_{w}d"] = fr / n if n else 0.0
             if w == 30:
                 out["term_lab_risk_30d"] = fr / lab if lab else 0.0
+        recent = [self.label_days.get(d) for d in (today - 1, today)]
+        labs = sum(b[0] for b in recent if b)
+        out["term_recent_lab_risk"] = sum(b[1] for b in recent if b) / labs if labs else 0.0
+        out["term_recent_labels"] = float(labs)
+        if (
+            self.episode_start is not None
+            and self.last_fraud_ts is not None
+            and ts - self.last_fraud_ts < 2 * EPISODE_GAP_DAYS * DAY
+        ):
+            out["term_episode_days"] = max(0.0, (ts - self.episode_start) / DAY)
+        else:
+            out["term_episode_days"] = NO_FRAUD_DAYS
         if self.last_fraud_ts is None:
             out["term_days_since_fraud"] = NO_FRAUD_DAYS
         else:
@@ -69,7 +87,7 @@ class TerminalState:
             b[0] += 1
         self.last_seen = max(self.last_seen, ts)
 
-    def apply_label(self, txn_ts: float, is_fraud: bool) -> None:
+    def apply_label(self, txn_ts: float, is_fraud: bool, label_ts: float | None = None) -> None:
         """A label for a transaction at ``txn_ts`` (a later label for the same transaction
         replaces the earlier one: callers pass ``undo`` labels through :meth:`remove_label`)."""
         day = int(txn_ts // DAY)
@@ -79,8 +97,23 @@ class TerminalState:
                 return  # too old to matter
             b = self.days[day] = [0, 0, 0]
         b[1] += 1
+        if label_ts is not None:
+            lday = int(label_ts // DAY)
+            lb = self.label_days.get(lday)
+            if lb is None:
+                lb = self.label_days[lday] = [0, 0]
+                for old in [d for d in self.label_days if d < lday - 2]:
+                    del self.label_days[old]
+            lb[0] += 1
+            lb[1] += 1 if is_fraud else 0
         if is_fraud:
             b[2] += 1
+            gap = EPISODE_GAP_DAYS * DAY
+            if self.last_fraud_ts is None or txn_ts - self.last_fraud_ts > gap:
+                if self.last_fraud_ts is None or txn_ts > self.last_fraud_ts:
+                    self.episode_start = txn_ts  # a new episode
+            elif self.episode_start is not None and txn_ts < self.episode_start:
+                self.episode_start = txn_ts
             if self.last_fraud_ts is None or txn_ts > self.last_fraud_ts:
                 self.last_fraud_ts = txn_ts
 

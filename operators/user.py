@@ -57,6 +57,8 @@ class UserState:
 
     __slots__ = (
         "amounts",
+        "amt_m2",
+        "amt_mean",
         "days",
         "first_ts",
         "home",
@@ -80,6 +82,8 @@ class UserState:
         self.last_ts = 0.0
         self.log_mean = 0.0
         self.log_m2 = 0.0
+        self.amt_mean = 0.0
+        self.amt_m2 = 0.0
         self.amounts = array("f")  # ring of the last RING amounts
         self.recent: list[tuple[float, float]] = []  # (ts, amount) of the last 24 h
         self.days: dict[int, list[float]] = {}  # day -> [count, sum], last 30 days
@@ -150,8 +154,12 @@ class UserState:
             var = self.log_m2 / (na - 1)
             sd = math.sqrt(var) if var > 1e-12 else 0.0
             f["amt_z_log"] = (la - self.log_mean) / max(sd, 0.05)
+            va = self.amt_m2 / (na - 1)
+            sda = max(math.sqrt(va) if va > 0 else 0.0, 0.1 * self.amt_mean, 1.0)
+            f["amt_z"] = (amount - self.amt_mean) / sda
         else:
             f["amt_z_log"] = 0.0
+            f["amt_z"] = 0.0
         mean_ref = f["u_mean_30d"] or (math.expm1(self.log_mean) if na else 0.0)
         f["amt_ratio_mean"] = amount / mean_ref if mean_ref > 0 else 1.0
         ring = self.amounts
@@ -217,6 +225,9 @@ class UserState:
             d = la - self.log_mean
             self.log_mean += d / self.n_amounts
             self.log_m2 += d * (la - self.log_mean)
+            da = amount - self.amt_mean
+            self.amt_mean += da / self.n_amounts
+            self.amt_m2 += da * (amount - self.amt_mean)
             ring = self.amounts
             if len(ring) < RING:
                 ring.append(amount)

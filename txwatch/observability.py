@@ -52,6 +52,14 @@ def _db_ready() -> bool:
         return False
 
 
+def _ready_loop(period: float = 5.0) -> None:
+    """Keep the ``txwatch_ready`` gauge current for scrapers that never call /readyz."""
+    while True:
+        ok = _state["source_assigned"] and _db_ready()
+        get_metrics().ready.set(1 if ok else 0)
+        time.sleep(period)  # a background refresh period, not a wait for a condition
+
+
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path.startswith("/metrics"):
@@ -126,6 +134,7 @@ def ensure_metrics_server(settings: Settings) -> None:
                 "Give each process its own TXWATCH_METRICS_PORT (txwatch cluster does)."
             ) from e
         threading.Thread(target=_server.serve_forever, name="metrics", daemon=True).start()
+        threading.Thread(target=_ready_loop, name="readiness", daemon=True).start()
         logging.getLogger(__name__).info(
             "metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port
         )
