@@ -23,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import orjson
+
 from operators.records import Control, Label, Txn
 from txwatch.settings import Settings
 
@@ -40,15 +42,14 @@ def _loads(raw: bytes, max_bytes: int) -> dict[str, Any]:
     if len(raw) > max_bytes:
         raise InvalidMessage(f"message too large: {len(raw)} bytes > {max_bytes}")
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InvalidMessage("not valid UTF-8") from e
-    try:
-        obj = json.loads(text)
-    except RecursionError as e:
-        raise InvalidMessage("JSON nested too deeply") from e
-    except ValueError as e:
-        raise InvalidMessage(f"not valid JSON: {e.args[0][:80]}") from e
+        obj = orjson.loads(raw)  # strict RFC 8259: NaN and Infinity are not JSON
+    except orjson.JSONDecodeError as e:
+        msg = str(e)
+        if "UTF-8" in msg:
+            raise InvalidMessage("not valid UTF-8") from e
+        if "depth limit" in msg:
+            raise InvalidMessage("JSON nested too deeply") from e
+        raise InvalidMessage(f"not valid JSON: {msg[:80]}") from e
     if not isinstance(obj, dict):
         raise InvalidMessage(f"not a JSON object: {type(obj).__name__}")
     return obj

@@ -134,8 +134,8 @@ def figures(d: EvalData, score: np.ndarray, alert: np.ndarray | None) -> dict[st
         res["roc_auc"] = float(roc_auc_score(y, score))
         res["average_precision"] = float(average_precision_score(y, score))
     res["card_precision_at_100"] = card_precision_at_k(d.users, d.days, y, score)
-    cut = np.quantile(score, 0.99) if len(score) else 0.0
-    top = score >= cut
+    top = np.zeros(len(score), dtype=bool)  # the top 1 % by rank (ties broken by order)
+    top[np.argsort(-score, kind="stable")[: max(1, len(score) // 100)]] = True
     for s in sorted(set(d.scenario.tolist()) - {0}):
         m = d.scenario == s
         r: dict[str, float] = {"n": int(m.sum()), "recall_top1pct": float(top[m].mean())}
