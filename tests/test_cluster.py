@@ -73,8 +73,8 @@ def produce_plain(brokers: str, topic: str, messages: list[tuple[bytes, bytes]])
 
 def consume_n(brokers: str, topic: str, n: int, timeout: float = 60.0,
               settle: float = 1.0) -> list[Any]:
-    """Read ``topic`` from the beginning until ``n`` messages came, then ``settle`` seconds more
-    (to see extra ones). Counts messages instead of trusting end offsets (see above)."""
+    """Read ``topic`` from the beginning until at least ``n`` messages came and then none for
+    ``settle`` seconds. Counts messages instead of trusting end offsets (see above)."""
     c = Consumer({"bootstrap.servers": brokers, "group.id": "txwatch-tests-" + uuid.uuid4().hex,
                   "enable.auto.commit": False})
     try:
@@ -82,14 +82,14 @@ def consume_n(brokers: str, topic: str, n: int, timeout: float = 60.0,
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         out: list[Any] = []
         deadline = time.monotonic() + timeout
-        settle_until: float | None = None
-        while time.monotonic() < (settle_until or deadline):
+        last = time.monotonic()
+        while time.monotonic() < deadline:
             msg = c.poll(0.2)
-            if msg is None or msg.error():
-                continue
-            out.append(msg)
-            if len(out) >= n and settle_until is None:
-                settle_until = time.monotonic() + settle
+            if msg is not None and not msg.error():
+                out.append(msg)
+                last = time.monotonic()
+            elif len(out) >= n and time.monotonic() - last >= settle:
+                break
         return out
     finally:
         c.close()

@@ -73,6 +73,25 @@ def recovery_partitions_present(recovery_dir: str | os.PathLike[str]) -> int:
     return len(list(d.glob("part-*.sqlite3"))) if d.is_dir() else 0
 
 
+def committed_epoch(recovery_dir: str | os.PathLike[str]) -> int | None:
+    """The last epoch whose snapshots every recovery partition has committed (a restart resumes
+    just after it), or None when nothing is committed yet (a restart starts from scratch).
+
+    Reads the partitions' ``commits`` table (Bytewax 0.21's SQLite layout), read-only.
+    """
+    import sqlite3
+
+    epochs = []
+    for part in sorted(Path(recovery_dir).glob("part-*.sqlite3")):
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{part}?mode=ro", uri=True,
+                                                    timeout=1.0)) as c:
+                epochs += [int(r[0]) for r in c.execute("SELECT commit_epoch FROM commits")]
+        except sqlite3.Error:
+            return None
+    return min(epochs) if epochs else None
+
+
 def init_recovery_dir(recovery_dir: str | os.PathLike[str], partitions: int,
                       python: str = sys.executable) -> bool:
     """Create ``partitions`` recovery partitions in ``recovery_dir`` unless it already has some.
@@ -204,6 +223,8 @@ class Cluster:
         """Starts so far (1 after :meth:`start`)."""
         self.exit_codes: list[list[int]] = []
         """Exit codes of every generation that ended, in order."""
+        self.started_at: list[float] = []
+        """Wall-clock start time (``time.time()``) of every generation, in order."""
         self._procs: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
         self._started_at = 0.0
@@ -295,6 +316,7 @@ class Cluster:
                 ))
             self._procs = procs
             self._started_at = time.monotonic()
+            self.started_at.append(time.time())
         log.info("cluster generation %d: %d process(es) × %d worker(s)%s, pids %s, "
                  "restarts so far %d", self.generation, self.processes,
                  self.workers_per_process,
@@ -350,8 +372,8 @@ class Cluster:
                 if lived >= self.healthy_after:
                     delay = self.backoff
                 log.warning("cluster generation %d failed after %.1f s (%s): restarting the "
-                            "whole cluster in %.1f s (restart %d)", self.generation, lived,
-                            what, delay, self.restarts + 1)
+                            "whole cluster in %.1f s (restart %d), %s", self.generation, lived,
+                            what, delay, self.restarts + 1, self._resume_point())
                 if self._stop.wait(delay):
                     return Outcome.STOPPED
                 delay = min(self.backoff_max, delay * 2)
@@ -364,6 +386,14 @@ class Cluster:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"cluster still running after {timeout} s")
             self._stop.wait(poll_interval)
+
+    def _resume_point(self) -> str:
+        if not self.recovery_dir:
+            return "from the beginning of the topics (no recovery)"
+        epoch = committed_epoch(self.recovery_dir)
+        if epoch is None:
+            return "from the beginning (no snapshot committed yet)"
+        return f"from the snapshot of epoch {epoch}"
 
     def kill_one(self, index: int | None = None, sig: int = signal.SIGKILL) -> int:
         """Send ``sig`` (default SIGKILL) to one running process (``index``, or one at random)

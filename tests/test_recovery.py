@@ -1,0 +1,176 @@
+"""Fault tolerance: kill -9 during a run, restart from the last snapshot, exactly the alerts of an
+uninterrupted run; snapshots of another state version are refused."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import pickle
+import random
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from operators.ordering import Watermark
+from operators.records import Txn
+from operators.stages import (
+    STATE_VERSION,
+    IncompatibleSnapshot,
+    StageConfig,
+    TerminalStage,
+    UserStage,
+)
+from producer.config import SimConfig
+from sinks.migrate import migrate
+from tests.helpers import ROOT, flow_env, run_worker
+from tests.test_cluster import (
+    LATENESS,
+    alert_rows,
+    assert_same_alerts,
+    consume_n,
+    fresh_db,
+    produce_plain,
+    sim_messages,
+)
+from txwatch.commands.cluster import Cluster, Outcome, committed_epoch
+from txwatch.embedded import wait_for
+
+KILLS = 3
+SIM_RECOVERY = SimConfig(n_customers=300, n_terminals=600, n_days=20, seed=7)
+"""About 11,000 transactions with every fraud scenario."""
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_recovery_after_kill_9(broker, pg, pg_server, topics, tmp_path):
+    migrate(pg)
+    msgs = sim_messages(SIM_RECOVERY)
+    n = produce_plain(broker.brokers, topics["transactions"], msgs)
+
+    # reference: an uninterrupted run, one worker, no recovery
+    res = run_worker(flow_env(broker.brokers, pg, topics, TXWATCH_LATENESS_SECONDS=LATENESS))
+    assert res.returncode == 0, res.stderr[-3000:]
+    reference = alert_rows(pg)
+    assert len(reference) > 300
+
+    # the same input on 2 processes × 2 workers with recovery (1 s snapshots); a worker
+    # process is killed with SIGKILL at random moments, the supervisor restarts the cluster
+    decisions = topics["decisions"] + "-recovery"
+    broker.create_topics([decisions], partitions=4)
+    rng = random.Random()
+    with fresh_db(pg_server) as pg2:
+        # small fetches: the source reads less ahead, so epochs (and snapshots) come about
+        # every second instead of one long first epoch holding half the backlog
+        env = flow_env(broker.brokers, pg2, dict(topics, decisions=decisions),
+                       TXWATCH_LATENESS_SECONDS=LATENESS, TXWATCH_KAFKA_BATCH_SIZE="100")
+        cluster = Cluster(2, 2, env=env, cwd=ROOT, log_dir=tmp_path / "logs",
+                          recovery_dir=tmp_path / "recovery", recovery_partitions=4,
+                          snapshot_interval=1, backoff=0.2, backoff_max=1.0)
+        outcome: dict[str, Any] = {}
+        sup = threading.Thread(target=lambda: outcome.update(o=cluster.wait(timeout=180)))
+        kills: list[tuple[int, int | None]] = []  # (generation, epoch it resumed from)
+        rec = tmp_path / "recovery"
+        try:
+            cluster.start()
+            sup.start()
+            while len(kills) < KILLS:
+                gen, resumed = cluster.generation, committed_epoch(rec)
+                # let this generation commit a snapshot of its own (progress that a restart
+                # keeps: with a backlog the first epoch holds much input and takes seconds)...
+                wait_for(lambda r=resumed: (committed_epoch(rec) or -1) > (r or -1)
+                         or not sup.is_alive(), timeout=90, what="a new snapshot")
+                assert sup.is_alive(), f"the run ended after {len(kills)} kill(s)"
+                # ...then kill one of its processes at a random moment (a deliberate random
+                # wall-clock delay: the point is to hit arbitrary states of the run)
+                time.sleep(rng.uniform(0.0, 1.5))
+                if cluster.generation == gen and all(rc is None for rc in cluster.poll()):
+                    cluster.kill_one()
+                    kills.append((gen, resumed))
+            sup.join(timeout=180)
+        finally:
+            cluster.stop()
+            sup.join(timeout=30)
+        got = alert_rows(pg2)
+        with psycopg.connect(pg2) as c:
+            rows, distinct = c.execute(
+                "SELECT count(*), count(DISTINCT transaction_id) FROM alerts").fetchone()
+
+    assert outcome.get("o") is Outcome.FINISHED, outcome
+    assert cluster.restarts == len(kills) >= KILLS, (cluster.restarts, kills)
+    assert all(any(rc == -9 for rc in codes) for codes in cluster.exit_codes[:-1])
+    # every restart after the first resumed from a snapshot, each one later than the last
+    resumed = [r for _g, r in kills[1:]]
+    assert all(r is not None for r in resumed) and resumed == sorted(resumed), kills
+    # none lost, none duplicated, the same scores, severities, reasons and model version
+    assert rows == distinct == len(reference)
+    assert_same_alerts(got, reference)
+
+    # the output before the table is at-least-once: every transaction has a decision, some
+    # more than one (replayed after a restart), and each restart resumed from a snapshot
+    # instead of from the beginning of the topic
+    out = consume_n(broker.brokers, decisions, n, timeout=90)
+    ids = [json.loads(m.value())["transaction_id"] for m in out]
+    assert set(ids) == {json.loads(v)["transaction_id"] for _k, v in msgs}
+    starts = [int(t * 1000) for t in cluster.started_at] + [2**62]
+    per_gen = [sum(1 for m in out if a <= m.timestamp()[1] < b)
+               for a, b in itertools.pairwise(starts)]
+    assert sum(per_gen) == len(out) >= n
+    # (a restart from the beginning would decide all n transactions again)
+    assert all(k < n for k in per_gen[1:]), (per_gen, n)
+
+
+# --- state versions --------------------------------------------------------------------------
+def _txn(i: int) -> Txn:
+    from datetime import UTC, datetime, timedelta
+
+    from operators.parse import TxnParser
+    from txwatch.settings import Settings
+
+    ts = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(minutes=i)
+    raw = json.dumps({"transaction_id": f"x{i}", "user_id": "u1", "amount": 10 + i,
+                      "timestamp": ts.isoformat(), "terminal_id": "T1"}).encode()
+    return TxnParser(Settings()).parse(raw, ts.timestamp() + 1)
+
+
+def _with_version(snapshot: bytes, version: Any) -> bytes:
+    snap = pickle.loads(snapshot)
+    if version is None:
+        del snap["version"]
+    else:
+        snap["version"] = version
+    return pickle.dumps(snap)
+
+
+@pytest.mark.parametrize("version", [STATE_VERSION + 1, STATE_VERSION - 1, None])
+def test_incompatible_snapshot_version_is_refused(version):
+    cfg = StageConfig(source_partitions=1, terminal_shards=1, user_shards=1)
+    term = TerminalStage("t0", cfg, None)
+    user = UserStage("u0", cfg, None, "w")
+    items: list[Any] = [_txn(i) for i in range(4)]
+    items.insert(3, Watermark("p0", items[2].ts_seconds, 1))  # releases the first three
+    decided = []
+    for it in items:
+        for out in term.on_item(it)[0]:
+            decided += user.on_item(out)[0]
+    assert len(decided) == 3 and len(term.buf) == 1  # state in the models and in a buffer
+    tsnap, usnap = term.snapshot(), user.snapshot()
+
+    # the same version restores (the round trip keeps the state)...
+    t2, u2 = TerminalStage("t0", cfg, tsnap), UserStage("u0", cfg, usnap, "w")
+    assert len(t2.buf) == 1 and t2.terminals.keys() == term.terminals.keys() == {"T1"}
+    assert u2.users.keys() == {"u1"} and u2.pending.keys() == user.pending.keys()
+
+    # ...another one is refused, naming the step, both versions and the way out
+    for build, snap, step in (
+        (lambda s: TerminalStage("t0", cfg, s), tsnap, "terminal"),
+        (lambda s: UserStage("u0", cfg, s, "w"), usnap, "user"),
+    ):
+        with pytest.raises(IncompatibleSnapshot) as e:
+            build(_with_version(snap, version))
+        msg = str(e.value)
+        assert f"step {step!r}" in msg
+        assert f"state version {version}" in msg and f"reads {STATE_VERSION}" in msg
+        assert "Warm start" in msg and "fresh directory" in msg and "replay history" in msg
