@@ -471,6 +471,14 @@ def _describe(rc: int | None) -> str:
     return f"exited with {rc}"
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's ended (waited-for) children."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _secs(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
@@ -578,6 +586,7 @@ def _run(args: argparse.Namespace) -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.monotonic()
+    cpu0 = _children_cpu()
     try:
         cluster.start()
         outcome = cluster.wait()
@@ -586,8 +595,8 @@ def _run(args: argparse.Namespace) -> int:
         for s, h in old.items():
             signal.signal(s, h)
     elapsed = time.monotonic() - t0
-    log.info("cluster %s after %.1f s, %d restart(s)", outcome.name.lower(), elapsed,
-             cluster.restarts)
+    log.info("cluster %s after %.1f s (processes' CPU time %.1f s), %d restart(s)",
+             outcome.name.lower(), elapsed, _children_cpu() - cpu0, cluster.restarts)
     if outcome is Outcome.STOPPED:
         return 128 + got.get("signal", signal.SIGINT)
     return int(outcome)
