@@ -27,6 +27,7 @@ Scale: scores are z-like (a legitimate transaction rarely exceeds 3); see README
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -40,8 +41,6 @@ from txwatch.settings import Settings
 VERSION = "txw-1.0"
 _ND = NormalDist()
 Z_MAX = 12.0
-POP_RES = 20  # population amount histogram: bins of 1/20 in log(1 + amount), about 5 %
-POP_BINS = 10 * POP_RES
 
 # Fixed, documented limits of the model features (never a per-user min-max).
 LIMITS: dict[str, tuple[float, float]] = {
@@ -60,10 +59,13 @@ LIMITS: dict[str, tuple[float, float]] = {
 
 def z_of_tail(p: float) -> float:
     """The z whose upper-tail probability is ``p`` (clipped to [0, Z_MAX])."""
-    if p >= 0.5:
+    if not p < 0.5:  # also NaN
         return 0.0
-    if p <= 1e-30:
-        return Z_MAX
+    if p < 1e-12:  # beyond double precision of 1 - p: the asymptotic inverse of the tail
+        if p <= 0.0:
+            return Z_MAX
+        t = -2.0 * math.log(p)
+        return min(Z_MAX, math.sqrt(t - math.log(t) - math.log(2 * math.pi)))
     return min(Z_MAX, _ND.inv_cdf(1.0 - p))
 
 
@@ -92,6 +94,24 @@ def _bin(prefix: str, v: float, edges: tuple[float, ...]) -> str:
             break
         i += 1
     return f"{prefix}:{i}"
+
+
+def fisher_z(pvalues: list[float]) -> float:
+    """Fisher's method: combine independent p-values into one, returned as a z.
+
+    >>> round(fisher_z([0.5, 0.5]), 2), fisher_z([1e-6, 1e-6]) > 5
+    (0.0, True)
+    """
+    k = len(pvalues)
+    if k == 0:
+        return 0.0
+    x = -sum(math.log(max(p, 1e-300)) for p in pvalues)  # = chi2 / 2 with 2k dof
+    term = math.exp(-x)
+    tail = term
+    for i in range(1, k):
+        term *= x / i
+        tail += term
+    return z_of_tail(min(1.0, tail))
 
 
 def model_features(f: dict[str, float]) -> dict[str, float]:
@@ -125,9 +145,9 @@ class DetectorParams:
     iforest_trees: int = 25
     iforest_window: int = 64
     hst_weight: float = 0.2
-    pop_amount_weight: float = 1.5
+    pop_amount_weight: float = 1.85
     sup_min_frauds: int = 20
-    sup_lr: float = 0.05
+    sup_lr: float = 0.5
     user_quantile: float = 0.995
     user_quantile_min_n: int = 50
     budget_per_1000: float = 5.0
@@ -170,8 +190,9 @@ class TxwDetector:
                                  params.seed + 1)
         if state is None:
             self.pop_masses = self.pop_model.new_masses()
-            self.amount_bins = [0] * POP_BINS  # log1p(amount) in bins of 1/POP_RES
             self.amount_n = 0
+            self.amount_mean = 0.0
+            self.amount_m2 = 0.0
             self.sup = linear_model.LogisticRegression(optimizer=optim.SGD(params.sup_lr))
             self.frauds_learnt = 0
             self.labels_learnt = 0
@@ -180,29 +201,27 @@ class TxwDetector:
                                             half_life=200_000)
         else:
             self.pop_masses = state["pop_masses"]
-            self.amount_bins = state["amount_bins"]
             self.amount_n = state["amount_n"]
+            self.amount_mean = state["amount_mean"]
+            self.amount_m2 = state["amount_m2"]
             self.sup = state["sup"]
             self.frauds_learnt = state["frauds_learnt"]
             self.labels_learnt = state["labels_learnt"]
             self.budget = state["budget"]
         self.budget_thr: float | None = None if state is None else state["budget_thr"]
+        self._last_f: Any = None
+        self._last_x: Any = None
 
     # ------------------------------------------------------------------------------------
     def _pop_amount_z(self, amount: float) -> float:
-        """The amount's rarity in the shard's population, as a z (tail probability with
-        linear interpolation inside a bin; beyond the data, growing with log(amount))."""
+        """The amount against the shard's population: z of log(1 + amount) under the
+        population's running mean and deviation (monotone in the amount, so every shard
+        ranks large amounts alike)."""
         n = self.amount_n
         if n < 100:
             return 0.0
-        x = math.log1p(amount) * POP_RES
-        b = min(POP_BINS - 1, int(x))
-        bins = self.amount_bins
-        above = sum(bins[b + 1:]) + (1.0 - (x - b)) * bins[b]
-        if above < 0.5:  # past the largest amounts seen: keep ranking by amount
-            top = max(i for i, c in enumerate(bins) if c) if any(bins) else 0
-            return min(Z_MAX, z_of_tail(0.5 / (n + 1)) + max(0.0, (x - top - 1) / POP_RES))
-        return z_of_tail(above / (n + 1))
+        sd = math.sqrt(self.amount_m2 / (n - 1))
+        return max(0.0, (math.log1p(amount) - self.amount_mean) / max(sd, 1e-3))
 
     def components(self, user: UserState, f: dict[str, float]) -> dict[str, float]:
         n = user.n
@@ -222,13 +241,28 @@ class TxwDetector:
             travel = min(Z_MAX, 2.0 + 2.0 * math.log2(speed / 200))
         if f["dist_home_km"] > 150 and n >= 3:
             travel = max(travel, min(Z_MAX, 2.0 + 2.0 * math.log2(f["dist_home_km"] / 150)))
+        # behaviour: how unusual the circumstances are for this user (Fisher's method over
+        # the p-values of the gap since the previous transaction, a new terminal, the distance
+        # from the usual area, a small amount and the hour of day)
+        behaviour = 0.0
+        if n >= 5:
+            rate = n / max(86400.0, f["u_days"] * 86400.0)
+            gap = f["secs_since_prev"]
+            ps = [1.0 - math.exp(-rate * gap) if gap >= 0 else 1.0]
+            if f["new_terminal"]:
+                ps.append(f["new_terminal_rate"])
+            if f["dist_home_km"] > 0:
+                ps.append(math.exp(-f["dist_home_km"] / max(f["dist_typical"], 1.0)))
+            ps.append(min(1.0, f["amt_pctl"] + 1.0 / 33))
+            ps.append(f["hour_p"])
+            behaviour = fisher_z(ps) * math.sqrt(n / (n + 10.0))
         x = model_features(f)
         own = 0.0
         if user.model is not None:
             own = self.user_model.score(user.model, x)
         pop = self.pop_model.score(self.pop_masses, x)
         pop_amount = self._pop_amount_z(f["amount"])
-        user_based = max(user_amount, velocity, self.p.hst_weight * 10.0 * own)
+        user_based = max(user_amount, velocity, behaviour, self.p.hst_weight * 10.0 * own)
         anomaly = max(maturity * user_based + (1 - maturity) * self.p.hst_weight * 10.0 * pop,
                       self.p.pop_amount_weight * pop_amount, travel)
         return {
@@ -236,6 +270,7 @@ class TxwDetector:
             "pop_amount": pop_amount,
             "velocity": velocity,
             "travel": travel,
+            "behaviour": behaviour,
             self.p.user_model: own,
             "population": pop,
             "anomaly": anomaly,
@@ -251,6 +286,7 @@ class TxwDetector:
             "pop_amount": c["pop_amount"] / Z_MAX,
             "velocity": c["velocity"] / Z_MAX,
             "travel": c["travel"] / Z_MAX,
+            "behaviour": c["behaviour"] / Z_MAX,
             "hst": c.get(self.p.user_model, 0.0),
             "log_amount": f["log_amount"] / 7.0,
             "term_risk_1d": f.get("term_risk_1d", 0.0),
@@ -273,11 +309,13 @@ class TxwDetector:
         c = self.components(user, f)
         final = c["anomaly"]
         if self.frauds_learnt >= self.p.sup_min_frauds:
-            p = self.sup.predict_proba_one(self.sup_features(f, c)).get(True, 0.0)
+            x = self.sup_features(f, c)
+            self._last_f, self._last_x = f, x
+            p = self.sup.predict_proba_one(x).get(True, 0.0)
             c["supervised"] = p
             # on the z-like scale: p = 0.5 -> 2.5, 0.66 -> 3.5, 0.9 -> 5.8, 0.99 -> 9.4
             lg = math.log(max(p, 1e-12) / max(1.0 - p, 1e-12))
-            final = max(0.0, min(Z_MAX * 2, 2.5 + 1.5 * lg))
+            final = 2.5 + 1.5 * lg
         # adaptive threshold: the user's own running quantile, and the global budget
         thr = self.p.threshold
         q = user.score_q
@@ -304,15 +342,21 @@ class TxwDetector:
                           else self.user_model.new_masses())
         self.user_model.learn(user.model, x)
         self.pop_model.learn(self.pop_masses, x)
-        self.amount_bins[min(POP_BINS - 1, int(f["log_amount"] * POP_RES))] += 1
         self.amount_n += 1
+        d = f["log_amount"] - self.amount_mean
+        self.amount_mean += d / self.amount_n
+        self.amount_m2 += d * (f["log_amount"] - self.amount_mean)
 
-    def keep(self, f: dict[str, float], c: dict[str, float]) -> dict[str, float]:
-        """What is kept of a transaction until its label arrives."""
-        return self.sup_features(f, c)
+    def keep(self, f: dict[str, float], c: dict[str, float]) -> tuple[Any, ...]:
+        """What is kept of a transaction until its label arrives: its supervised inputs as a
+        compact tuple (keys, values) — about 200 bytes instead of a dict."""
+        x = self._last_x if self._last_f is f else self.sup_features(f, c)
+        self._last_f = self._last_x = None
+        return (tuple(x), array("f", x.values()))
 
-    def learn_label(self, kept: dict[str, float], is_fraud: bool) -> None:
-        self.sup.learn_one(kept, is_fraud)
+    def learn_label(self, kept: tuple[Any, ...], is_fraud: bool) -> None:
+        keys, values = kept
+        self.sup.learn_one(dict(zip(keys, values, strict=True)), is_fraud)
         self.labels_learnt += 1
         if is_fraud:
             self.frauds_learnt += 1
@@ -320,8 +364,9 @@ class TxwDetector:
     def snapshot(self) -> dict[str, Any]:
         return {
             "pop_masses": self.pop_masses,
-            "amount_bins": self.amount_bins,
             "amount_n": self.amount_n,
+            "amount_mean": self.amount_mean,
+            "amount_m2": self.amount_m2,
             "sup": self.sup,
             "frauds_learnt": self.frauds_learnt,
             "labels_learnt": self.labels_learnt,

@@ -396,7 +396,7 @@ class UserStage(_OrderedStage):
             snoozed=snoozed,
         )
         self.detector.learn(user, feats, score)
-        user.learn(ts, amount, protect=score >= threshold, **kw)
+        user.learn(ts, amount, protect=score >= threshold, dist_home=feats["dist_home_km"], **kw)
         self.pending[t.transaction_id] = Pending(ts, self.detector.keep(feats, comps), d.is_alert)
         child(m.consumed, "scored").inc()
         if comps.get("maturity", 1.0) < 0.5:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import zlib
 from array import array
+from bisect import bisect_left, bisect_right
 from functools import lru_cache
 from typing import Any
 
@@ -60,6 +61,7 @@ class UserState:
         "amt_m2",
         "amt_mean",
         "days",
+        "dist_mean",
         "first_ts",
         "home",
         "hours",
@@ -70,6 +72,7 @@ class UserState:
         "model",
         "n",
         "n_amounts",
+        "n_new_terminal",
         "recent",
         "score_q",
         "seen",
@@ -78,6 +81,8 @@ class UserState:
     def __init__(self) -> None:
         self.n = 0
         self.n_amounts = 0
+        self.n_new_terminal = 0
+        self.dist_mean = 0.0
         self.first_ts = 0.0
         self.last_ts = 0.0
         self.log_mean = 0.0
@@ -163,16 +168,17 @@ class UserState:
         mean_ref = f["u_mean_30d"] or (math.expm1(self.log_mean) if na else 0.0)
         f["amt_ratio_mean"] = amount / mean_ref if mean_ref > 0 else 1.0
         ring = self.amounts
-        if len(ring) >= 3:
+        k = len(ring)
+        if k >= 3:
             srt = sorted(ring)
-            k = len(srt)
             med = srt[k // 2] if k % 2 else 0.5 * (srt[k // 2 - 1] + srt[k // 2])
-            mad = sorted(abs(x - med) for x in srt)
-            m = mad[k // 2] if k % 2 else 0.5 * (mad[k // 2 - 1] + mad[k // 2])
-            scale = max(1.4826 * m, 0.05 * med, 0.5)
+            # robust scale from the interquartile range (one sort: cheaper than the MAD)
+            iqr = srt[(3 * k) // 4] - srt[k // 4]
+            scale = max(iqr / 1.349, 0.05 * med, 0.5)
             f["amt_robust_z"] = (amount - med) / scale
-            below = sum(1 for x in srt if x < amount) + 0.5 * sum(1 for x in srt if x == amount)
-            f["amt_pctl"] = below / k
+            below = bisect_left(srt, amount)
+            equal = bisect_right(srt, amount) - below
+            f["amt_pctl"] = (below + 0.5 * equal) / k
         else:
             f["amt_robust_z"] = 0.0
             f["amt_pctl"] = 0.5
@@ -198,6 +204,11 @@ class UserState:
         hour = local_hour if local_hour is not None else int(ts // HOUR) % 24
         total = sum(self.hours)
         f["hour_rarity"] = -math.log((self.hours[hour] + 1) / (total + 24)) - math.log(24)
+        # p-value of the hour: the probability mass of hours at most as likely as this one
+        ph = self.hours[hour]
+        f["hour_p"] = sum(h + 1 for h in self.hours if h <= ph) / (total + 24)
+        f["new_terminal_rate"] = (self.n_new_terminal + 1) / (n + 2)
+        f["dist_typical"] = self.dist_mean
         return f
 
     def learn(
@@ -213,6 +224,7 @@ class UserState:
         lon: float | None = None,
         local_hour: int | None = None,
         protect: bool = False,
+        dist_home: float | None = None,
     ) -> None:
         """Add a transaction to the history (after it was scored). With ``protect`` (the
         transaction was flagged), its amount does not enter the amount baseline."""
@@ -247,6 +259,8 @@ class UserState:
             b[1] += amount
         seen = self.seen
         if terminal:
+            if _new(seen[0], terminal, 1):
+                self.n_new_terminal += 1
             seen[0] |= _bits(terminal, 1)
         if merchant:
             seen[1] |= _bits(merchant, 2)
@@ -258,6 +272,10 @@ class UserState:
             if self.home is None:
                 self.home = (lat, lon, 1.0)
             else:
+                d = (dist_home if dist_home is not None
+                     else haversine_km(lat, lon, self.home[0], self.home[1]))
+                if not protect:  # typical distance from home (running mean, then slow)
+                    self.dist_mean += (d - self.dist_mean) / min(self.n, 50)
                 hl, ho, w = self.home
                 w2 = min(w + 1.0, 50.0)  # running mean, then a slow moving average
                 self.home = (hl + (lat - hl) / w2, ho + (lon - ho) / w2, w2)

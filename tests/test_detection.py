@@ -125,7 +125,7 @@ def test_cold_start_is_scored_by_the_population():
 
 def test_reasons_for_travel_and_terminal_risk():
     items = history("bob", 30)
-    far = txn("bob-far", "bob", 42.0, T0 + timedelta(days=11, hours=6, minutes=30),
+    far = txn("bob-far", "bob", 42.0, T0 + timedelta(hours=29 * 9 + 2),
               terminal_id="TX", lat=40.71, lon=-74.0, country="US")
     out = run_items([*items, far])
     codes = {r.code for r in out["bob-far"].reasons}
@@ -157,7 +157,7 @@ def test_idle_users_are_evicted_after_the_ttl():
 
 
 def test_user_state_snapshot_and_restore_give_identical_later_scores():
-    cfg = stage_config(SETTINGS, 1)
+    cfg = stage_config(SETTINGS, 1, snapshots=True)
     items = [("t", t, {}) for t in history("gina", 60)]
     ref = UserStage("u0", cfg, None)
     ref_out = [d.score for it in items for d in ref._process(it)]
@@ -174,7 +174,7 @@ def test_user_state_snapshot_and_restore_give_identical_later_scores():
 
 
 def test_incompatible_snapshot_is_refused_with_instructions():
-    cfg = stage_config(SETTINGS, 1)
+    cfg = stage_config(SETTINGS, 1, snapshots=True)
     snap = pickle.loads(UserStage("u0", cfg, None).snapshot())
     snap["version"] = 0
     with pytest.raises(IncompatibleSnapshot, match="Warm start"):
