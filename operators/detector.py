@@ -198,7 +198,7 @@ class TxwDetector:
             self.labels_learnt = 0
             self.budget = HistogramQuantile(lo=0.01, hi=100.0, n_bins=400,
                                             q=round(1 - params.budget_per_1000 / 1000, 6),
-                                            half_life=200_000)
+                                            half_life=50_000)
         else:
             self.pop_masses = state["pop_masses"]
             self.amount_n = state["amount_n"]
@@ -332,7 +332,7 @@ class TxwDetector:
         user.score_q.update(score)
         self.budget.update(max(score, 0.01))
         n = self.budget.n_updates
-        if n >= 10_000 and n % 1024 == 0:  # reading the histogram costs a cumsum: not per event
+        if n >= 2_000 and n % 256 == 0:  # reading the histogram costs a cumsum: not per event
             self.budget_thr = self.budget.get()
         if score >= self.p.threshold:
             return  # protect the anomaly models from what they flag

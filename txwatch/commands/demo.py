@@ -217,11 +217,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--duration", type=float, default=0,
                    help="seconds to run once the pipeline is up (default: until Ctrl-C)")
-    p.add_argument("--rate", type=float, default=50, help="live events per second (50)")
+    p.add_argument("--rate", type=float, default=20, help="live events per second (20)")
     p.add_argument("--history-days", type=int, default=14,
                    help="days of compressed history streamed first (14)")
-    p.add_argument("--customers", type=int, default=500, help="simulated customers (500)")
-    p.add_argument("--terminals", type=int, default=1000, help="simulated terminals (1000)")
+    p.add_argument("--customers", type=int, default=1000, help="simulated customers (1000)")
+    p.add_argument("--terminals", type=int, default=2000, help="simulated terminals (2000)")
     p.add_argument("--label-delay", default="30s", help="wall-clock label delay (30s)")
     p.add_argument("--partitions", type=int, default=4, help="partitions per topic (4)")
     p.add_argument("--metrics-port", type=int, default=0, help="metrics port (free port)")
