@@ -1,0 +1,144 @@
+"""``txwatch bench``: throughput, decision latency and state size of the real flow, on the
+embedded broker and database (see :mod:`txwatch.bench` for what is measured and how)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+TARGETS = {
+    "full_eps": (">=", 10_000.0),
+    "ratio_full_baseline": (">=", 50.0),
+    "p99_ms": ("<=", 500.0),
+    "state_bytes_per_user": ("<=", 4096.0),
+}
+"""The project's targets on the 2-core reference machine (docs/benchmarks.md)."""
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _fmt(v: float, unit: str = "") -> str:
+    if isinstance(v, float) and not math.isfinite(v):
+        return "n/a"
+    if abs(v) >= 100:
+        return f"{v:,.0f}{unit}"
+    return f"{v:,.2f}{unit}"
+
+
+def format_table(res: dict[str, Any], version: str) -> str:
+    """The figures as a readable table (what ``txwatch bench`` prints without ``--json``)."""
+    rows: list[tuple[str, str, str]] = []
+
+    def row(name: str, key: str, unit: str = "", extra: str = "") -> None:
+        if key not in res:
+            return
+        target = TARGETS.get(key)
+        verdict = ""
+        if target is not None:
+            op, bound = target
+            ok = res[key] >= bound if op == ">=" else res[key] <= bound
+            verdict = f"target {op} {bound:,.0f}: {'met' if ok else 'MISSED'}"
+        rows.append((name, _fmt(res[key], unit), (extra + "  " + verdict).strip()))
+
+    for kind in ("passthrough", "full", "baseline"):
+        if f"{kind}_eps" in res:
+            row(f"{kind} (1 process)", f"{kind}_eps", " ev/s",
+                f"{res[f'{kind}_events']:,} events, median of {res['repeats']} "
+                f"(min {_fmt(res[f'{kind}_eps_min'])}, max {_fmt(res[f'{kind}_eps_max'])}; "
+                f"{_fmt(res[f'{kind}_eps_per_cpu_second'])} per CPU second)")
+    row("full / passthrough", "ratio_full_passthrough")
+    row("full / baseline", "ratio_full_baseline")
+    for k, v in res.get("eps_by_processes", {}).items():
+        rows.append((f"full, {k} process(es)", _fmt(v, " ev/s"), ""))
+    if "p50_ms" in res:
+        extra = (f"{res['latency_events']:,} events offered at "
+                 f"{_fmt(res['latency_offered_eps'])}/s, live; histogram "
+                 f"{_fmt(res['p50_ms_histogram'])} ms")
+        row("decision latency p50", "p50_ms", " ms", extra)
+        row("decision latency p99", "p99_ms", " ms",
+            f"p99.9 {_fmt(res['p999_ms'])} ms, max {_fmt(res['max_ms'])} ms; histogram "
+            f"{_fmt(res['p99_ms_histogram'])} ms")
+    row("state per user (snapshot)", "state_bytes_per_user", " B",
+        "median, users with >= 30 days of history, largest population")
+    for k, v in res.get("state_bytes_by_users", {}).items():
+        rows.append((f"  {int(k):,} users", _fmt(v["bytes_per_user"], " B"),
+                     f"RSS {v['rss_bytes'] / 2**20:,.0f} MiB, "
+                     f"{_fmt(v['rss_bytes_per_user'])} B/user in memory"))
+    w0 = max(len(r[0]) for r in rows) if rows else 0
+    w1 = max(len(r[1]) for r in rows) if rows else 0
+    out = [f"txwatch bench — model {version}, {res.get('seconds', 0):.0f} s"]
+    out += [f"{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows]
+    return "\n".join(out)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from txwatch.bench import BenchOptions, model_version, run_bench
+
+    opts = BenchOptions(
+        events=args.events,
+        full_events=args.full_events or None,
+        baseline_events=args.baseline_events,
+        repeats=args.repeats,
+        latency_rate=args.latency_rate,
+        latency_seconds=args.latency_seconds,
+        state_users=tuple(args.users),
+        state_pool=args.state_pool,
+        processes=tuple(args.processes or ()),
+        partitions=args.partitions,
+        throughput=not args.no_throughput,
+        profile=args.profile,
+        workdir=args.workdir,
+    )
+    if min(opts.events, opts.baseline_events, opts.repeats, opts.state_pool) < 1:
+        print("txwatch bench: sizes and repeats must be at least 1", file=sys.stderr)
+        return 2
+    res = run_bench(opts, _log)
+    if args.json:
+        print(json.dumps(res, sort_keys=True))
+    else:
+        print(format_table(res, model_version()))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bench", help="measure throughput, latency and state size on embedded services",
+        description="Run the real flow on the embedded broker and database with the detection "
+        "settings of this environment, and measure: events per second of one worker process "
+        "for a passthrough flow (same Kafka source and parsing, no state), the full flow and a "
+        "scikit-learn IsolationForest baseline (medians of --repeats runs on one pre-produced "
+        "topic); decision latency at an offered rate in live mode; per-user state size and "
+        "memory at several population sizes. Progress goes to stderr.",
+    )
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object of numbers on stdout instead of the table")
+    p.add_argument("--events", type=int, default=200_000,
+                   help="events in the throughput topic; passthrough reads them all (200000)")
+    p.add_argument("--full-events", type=int, default=50_000,
+                   help="events the full flow reads from that topic (50000; 0: all)")
+    p.add_argument("--baseline-events", type=int, default=1_000,
+                   help="events the scikit-learn baseline reads from that topic (1000)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each flow (3; median)")
+    p.add_argument("--latency-rate", type=float, default=5_000.0,
+                   help="offered events per second in the latency run (5000; 0 skips it)")
+    p.add_argument("--latency-seconds", type=float, default=5.0,
+                   help="seconds of offered load in the latency run (5)")
+    p.add_argument("--users", type=int, nargs="*", default=[10_000, 100_000, 1_000_000],
+                   help="population sizes of the state measurement (10000 100000 1000000; "
+                        "none skips it)")
+    p.add_argument("--state-pool", type=int, default=500,
+                   help="users driven through the full per-user path to seed the populations")
+    p.add_argument("--processes", type=int, nargs="+", default=None,
+                   help="also measure the full flow on clusters of these sizes, e.g. 1 2 4")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of the topics (4)")
+    p.add_argument("--no-throughput", action="store_true", help="skip the throughput runs")
+    p.add_argument("--profile", default=None, metavar="PREFIX",
+                   help="also profile one full run with py-spy: PREFIX.0 and PREFIX.txt")
+    p.add_argument("--workdir", default=None,
+                   help="keep the broker log, database and run logs here (default: temporary)")
+    p.set_defaults(func=_run)
