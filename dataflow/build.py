@@ -30,10 +30,10 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from operators.ordering import Watermark
-from operators.records import Control, DeadLetter, Decision, Label, Txn
+from operators.records import Control, DeadLetter, Label, Txn
 from operators.sharding import all_terminal_keys, all_user_keys, terminal_key, user_key
 from operators.stages import StageConfig, TerminalStage, UserStage
-from txwatch.metrics import child, get_metrics
+from txwatch.metrics import get_metrics
 from txwatch.settings import Settings
 
 
@@ -175,28 +175,6 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
 
     decisions = op.stateful("user", by_user, build_user)  # (u-shard, Decision)
 
-    rate = {"alerts": 0.0, "all": 0.0, "n": 0}
-
-    def _observe(kv: tuple[str, Decision]) -> tuple[str, Decision]:
-        d = kv[1]
-        # alert rate over roughly the last 5,000 decisions of this worker (exponential decay)
-        rate["all"] = rate["all"] * 0.9998 + 1.0
-        rate["alerts"] = rate["alerts"] * 0.9998 + (1.0 if d.is_alert else 0.0)
-        rate["n"] += 1
-        if rate["n"] % 256 == 0:
-            m.alert_rate.set(1000.0 * rate["alerts"] / rate["all"])
-        child(m.decisions, d.severity).inc()
-        m.score.observe(d.score)
-        start = d.txn.kafka_ts or d.txn.received_at
-        if start:
-            m.decision_latency.observe(max(0.0, d.decided_at - start))
-        if d.is_alert:
-            child(m.alerts, d.severity).inc()
-            for r in d.reasons:
-                child(m.alert_reasons, r.code).inc()
-        return kv
-
-    decisions = op.map("observe", decisions, _observe)
     alerts = op.filter("alerts_only", decisions, lambda kv: kv[1].is_alert)
     if io.alerts is not None:
         op.output("alerts_out", alerts, io.alerts)

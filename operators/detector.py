@@ -41,6 +41,8 @@ from txwatch.settings import Settings
 VERSION = "txw-1.0"
 _ND = NormalDist()
 Z_MAX = 12.0
+AIRPORT_HOURS = 2.0
+AIRLINER_KMH = 800.0
 
 # Fixed, documented limits of the model features (never a per-user min-max).
 LIMITS: dict[str, tuple[float, float]] = {
@@ -235,15 +237,19 @@ class TxwDetector:
         v1h = z_of_tail(poisson_tail(int(f["u_cnt_1h"]) + 1, rate_d / 24.0 * 2.0))
         v1d = z_of_tail(poisson_tail(int(f["u_cnt_1d"]) + 1, rate_d * 1.5))
         velocity = max(v1h, v1d) if n >= 5 else 0.0
-        speed = f["speed_kmh"]
+        # impossible travel: the hop since the previous transaction against the fastest
+        # door-to-door trip (2 h of airports plus 800 km/h): a genuine traveller never beats it
         travel = 0.0
-        if speed > 200:
-            travel = min(Z_MAX, 2.0 + 2.0 * math.log2(speed / 200))
-        if f["dist_home_km"] > 150 and n >= 3:
-            travel = max(travel, min(Z_MAX, 2.0 + 2.0 * math.log2(f["dist_home_km"] / 150)))
+        hop = f["hop_km"]
+        if hop > 100.0 and f["secs_since_prev"] >= 0:
+            need_h = AIRPORT_HOURS + hop / AIRLINER_KMH
+            took_h = max(f["secs_since_prev"], 60.0) / 3600.0
+            ratio = need_h / took_h
+            if ratio > 1.0:
+                travel = min(Z_MAX, 3.0 + 4.0 * math.log2(ratio))
         # behaviour: how unusual the circumstances are for this user (Fisher's method over
-        # the p-values of the gap since the previous transaction, a new terminal, the distance
-        # from the usual area, a small amount and the hour of day)
+        # the p-values of the gap since the previous transaction, a new terminal, a small
+        # amount and the hour of day; distance is left to `travel`: people do travel)
         behaviour = 0.0
         if n >= 5:
             rate = n / max(86400.0, f["u_days"] * 86400.0)
@@ -251,8 +257,6 @@ class TxwDetector:
             ps = [1.0 - math.exp(-rate * gap) if gap >= 0 else 1.0]
             if f["new_terminal"]:
                 ps.append(f["new_terminal_rate"])
-            if f["dist_home_km"] > 0:
-                ps.append(math.exp(-f["dist_home_km"] / max(f["dist_typical"], 1.0)))
             ps.append(min(1.0, f["amt_pctl"] + 1.0 / 33))
             ps.append(f["hour_p"])
             behaviour = fisher_z(ps) * math.sqrt(n / (n + 10.0))

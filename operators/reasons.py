@@ -98,11 +98,11 @@ def _terminal(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
 def _travel(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
     out: list[Candidate] = []
     v = f.get("speed_kmh", 0.0)
-    if v >= 300:
+    if v >= 300 and c.get("travel", 1.0) > 0:
         text = f"implied travel speed {v:.0f} km/h"
         out.append((min(6.0, v / 200), Reason("travel_speed", text, v)))
     d = f.get("dist_home_km", 0.0)
-    if d >= 100 and f.get("u_n", 0) >= 3:
+    if d >= 100 and f.get("u_n", 0) >= 3 and c.get("travel", 1.0) > 0:
         out.append((min(5.0, d / 200), Reason(
             "far_from_home", f"{d:,.0f} km from this user's usual area", d
         )))

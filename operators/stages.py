@@ -123,6 +123,29 @@ def estimate_bytes(items: dict[str, Any], sample: int = 32) -> int:
                * n / len(vals))
 
 
+_RATE = {"alerts": 0.0, "all": 0.0, "n": 0.0}
+
+
+def observe_decision(d: Decision) -> None:
+    """Per-decision metrics (score, latency, severities, reasons, recent alert rate)."""
+    m = get_metrics()
+    # alert rate over roughly the last 5,000 decisions of this process (exponential decay)
+    _RATE["all"] = _RATE["all"] * 0.9998 + 1.0
+    _RATE["alerts"] = _RATE["alerts"] * 0.9998 + (1.0 if d.is_alert else 0.0)
+    _RATE["n"] += 1
+    if _RATE["n"] % 256 == 0:
+        m.alert_rate.set(1000.0 * _RATE["alerts"] / _RATE["all"])
+    child(m.decisions, d.severity).inc()
+    m.score.observe(d.score)
+    start = d.txn.kafka_ts or d.txn.received_at
+    if start:
+        m.decision_latency.observe(max(0.0, d.decided_at - start))
+    if d.is_alert:
+        child(m.alerts, d.severity).inc()
+        for r in d.reasons:
+            child(m.alert_reasons, r.code).inc()
+
+
 class _OrderedStage(StatefulLogic[Any, Any, bytes]):
     """Common buffering: push, release by watermark, hold timeout, drain at EOF."""
 
@@ -399,6 +422,7 @@ class UserStage(_OrderedStage):
         user.learn(ts, amount, protect=score >= threshold, dist_home=feats["dist_home_km"], **kw)
         self.pending[t.transaction_id] = Pending(ts, self.detector.keep(feats, comps), d.is_alert)
         child(m.consumed, "scored").inc()
+        observe_decision(d)
         if comps.get("maturity", 1.0) < 0.5:
             m.cold_start_scores.inc()
         if ts - self.last_evict > 6 * 3600.0:

@@ -190,7 +190,7 @@ class UserState:
         f["new_category"] = _new(seen[2], category, 3) if n else 0.0
         f["new_country"] = _new(seen[3], country, 4) if n else 0.0
         # location and travel
-        dist = speed = 0.0
+        dist = speed = hop = 0.0
         if lat is not None and lon is not None:
             if self.home is not None:
                 dist = haversine_km(lat, lon, self.home[0], self.home[1])
@@ -199,6 +199,7 @@ class UserState:
                 hours = max((ts - self.last_ts) / HOUR, 1.0 / 60)  # at least a minute
                 speed = hop / hours
         f["dist_home_km"] = dist
+        f["hop_km"] = hop
         f["speed_kmh"] = speed
         # hour of day against habit
         hour = local_hour if local_hour is not None else int(ts // HOUR) % 24

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 
+import orjson
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
 
 from operators.records import DeadLetter, Decision
@@ -50,7 +51,7 @@ def decision_json(d: Decision) -> dict[str, object]:
 
 
 def decision_message(d: Decision) -> KafkaSinkMessage[bytes, bytes]:
-    return KafkaSinkMessage(key=d.txn.user_id.encode(), value=json.dumps(decision_json(d)).encode())
+    return KafkaSinkMessage(key=d.txn.user_id.encode(), value=orjson.dumps(decision_json(d)))
 
 
 def kafka_sink(settings: Settings, topic: str) -> KafkaSink:

@@ -6,17 +6,17 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import IO, Any
 
+import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from operators.records import Decision
 
 
 def decision_line(d: Decision) -> str:
-    return json.dumps(
+    return orjson.dumps(
         {
             "transaction_id": d.txn.transaction_id,
             "user_id": d.txn.user_id,
@@ -27,7 +27,7 @@ def decision_line(d: Decision) -> str:
             "reasons": [r.as_dict() for r in d.reasons],
             "components": d.components,
         }
-    )
+    ).decode()
 
 
 class _Part(StatelessSinkPartition[Any]):
