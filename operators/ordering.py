@@ -49,13 +49,14 @@ class EventTimeBuffer:
     have reported, nothing is released by watermark (only by :meth:`drain` or :meth:`expire`).
     """
 
-    __slots__ = ("_heap", "_marks", "_n", "origins", "watermark")
+    __slots__ = ("_first", "_heap", "_marks", "_n", "origins", "watermark")
 
     def __init__(self, origins: int) -> None:
         self.origins = origins
         self._heap: list[tuple[SortKey, int, float, Any]] = []
         self._marks: dict[str, float] = {}
         self._n = 0
+        self._first: float | None = None  # a lower bound of the oldest buffered arrival
         self.watermark = float("-inf")
 
     def __len__(self) -> int:
@@ -66,6 +67,8 @@ class EventTimeBuffer:
 
     def push(self, key: SortKey, item: Any, arrived: float = 0.0) -> None:
         self._n += 1
+        if not self._heap or self._first is None:
+            self._first = arrived
         heapq.heappush(self._heap, (key, self._n, arrived, item))
 
     def advance(self, origin: str, ts: float, origins: int | None = None) -> list[Any]:
@@ -86,26 +89,32 @@ class EventTimeBuffer:
         heap = self._heap
         while heap and heap[0][0][0] <= upto:
             out.append(heapq.heappop(heap)[3])
+        if not heap:
+            self._first = None
         return out
 
     def oldest_arrival(self) -> float | None:
-        """Wall-clock arrival of the oldest buffered item (for the hold timeout)."""
-        return min((h[2] for h in self._heap), default=None)
+        """A lower bound of the wall-clock arrival of the oldest buffered item (for the hold
+        timeout): O(1), exact again after each :meth:`expire`."""
+        return self._first if self._heap else None
 
     def expire(self, arrived_before: float) -> list[Any]:
         """Release, in order, everything up to the latest event time among items that have
         waited since before ``arrived_before`` (wall clock): bounds latency when an origin
         goes quiet. Only used in live mode; reproducible runs set the hold very large."""
         limit = max((h[0][0] for h in self._heap if h[2] < arrived_before), default=None)
-        if limit is None:
-            return []
-        if limit > self.watermark:
-            self.watermark = limit
-        return self.release(limit)
+        out = []
+        if limit is not None:
+            if limit > self.watermark:
+                self.watermark = limit
+            out = self.release(limit)
+        self._first = min((h[2] for h in self._heap), default=None)
+        return out
 
     def drain(self) -> list[Any]:
         out = [h[3] for h in sorted(self._heap)]
         self._heap.clear()
+        self._first = None
         return out
 
     def snapshot(self) -> dict[str, Any]:
@@ -122,6 +131,7 @@ class EventTimeBuffer:
         b = cls(snap["origins"])
         now = time.time()  # held items keep waiting from the restart on
         b._heap = [(h[0], h[1], now, h[3]) for h in snap["heap"]]
+        b._first = now if b._heap else None
         heapq.heapify(b._heap)
         b._marks = dict(snap["marks"])
         b._n = snap["n"]

@@ -182,8 +182,10 @@ class _OrderedStage(StatefulLogic[Any, Any, bytes]):
         return out, StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
+        if self.cfg.max_hold >= 1e8:
+            return None
         oldest = self.buf.oldest_arrival()
-        if oldest is None or self.cfg.max_hold >= 1e8:
+        if oldest is None:
             return None
         return datetime.fromtimestamp(oldest + self.cfg.max_hold, tz=UTC)
 
