@@ -1,0 +1,107 @@
+"""``txwatch bench``: a smoke run with tiny sizes (the JSON shape, every figure positive and
+finite), and the helpers that turn measurements into figures."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from txwatch.bench import RunResult, _hist_quantile, _pct, cluster_eps, profile_summary
+from txwatch.commands.bench import format_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _numbers(obj: object, path: str = "") -> list[tuple[str, float]]:
+    """Every leaf of a JSON object, which must be a number (nested objects allowed)."""
+    assert isinstance(obj, dict), path
+    out = []
+    for k, v in obj.items():
+        if isinstance(v, dict):
+            out += _numbers(v, f"{path}{k}.")
+        else:
+            assert isinstance(v, int | float) and not isinstance(v, bool), (path + k, v)
+            out.append((path + k, float(v)))
+    return out
+
+
+@pytest.mark.integration
+def test_bench_smoke_json(tmp_path):
+    cmd = [sys.executable, "-m", "txwatch.cli", "bench", "--json", "--events", "3000",
+           "--full-events", "1500", "--baseline-events", "40", "--repeats", "1",
+           "--latency-rate", "300", "--latency-seconds", "1", "--users", "300", "1000",
+           "--state-pool", "30", "--processes", "2", "--workdir", str(tmp_path / "w")]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         check=False)
+    assert res.returncode == 0, res.stderr[-4000:]
+    out = json.loads(res.stdout)  # stdout is exactly one JSON object
+    assert "model txw-" in res.stderr or "model zscore" in res.stderr  # progress on stderr
+    for key in ("passthrough_eps", "full_eps", "baseline_eps", "ratio_full_passthrough",
+                "p50_ms", "p99_ms", "state_bytes_per_user"):
+        assert key in out, key
+    assert set(out["eps_by_processes"]) == {"2"}
+    assert set(out["state_bytes_by_users"]) == {"300", "1000"}
+    assert set(out["state_bytes_by_users"]["1000"]) == {"bytes_per_user", "rss_bytes",
+                                                        "rss_bytes_per_user"}
+    for name, v in _numbers(out):
+        assert math.isfinite(v), name
+        if not name.startswith("load_avg"):
+            assert v > 0, (name, v)
+    assert out["full_events"] == 1500 and out["baseline_events"] == 40
+    assert out["passthrough_events"] == 3000
+    assert out["ratio_full_passthrough"] == pytest.approx(
+        out["full_eps"] / out["passthrough_eps"])
+    assert out["p50_ms"] <= out["p99_ms"] <= out["max_ms"]
+    assert out["state_bytes_per_user"] == out["state_bytes_by_users"]["1000"]["bytes_per_user"]
+
+
+def test_quantiles():
+    xs = [float(i) for i in range(1, 101)]
+    assert _pct(xs, 0.5) == 51.0 and _pct(xs, 0.99) == 100.0
+    assert math.isnan(_pct([], 0.5))
+    # 10 observations at or below 0.1 s, 10 more at or below 1 s
+    buckets = [(0.1, 10.0), (1.0, 20.0), (math.inf, 20.0)]
+    assert _hist_quantile(buckets, 0.5) == pytest.approx(0.1)
+    assert _hist_quantile(buckets, 0.75) == pytest.approx(0.55)
+    assert math.isnan(_hist_quantile([], 0.5))
+
+
+def test_cluster_eps_spans_every_process():
+    rs = [RunResult("full", 10, 1000, 100.0, 102.0), RunResult("full", 10, 1000, 100.5, 104.0)]
+    assert cluster_eps(rs) == pytest.approx(2000 / 4.0)
+
+
+def test_profile_summary_groups_the_flow_thread(tmp_path):
+    head = "_run_module_as_main (<frozen runpy>:198);_run_code (<frozen runpy>:88)"
+    raw = tmp_path / "p.0"
+    raw.write_text("\n".join([
+        f"{head};<module> (run.py:14);_find_and_load (<frozen importlib._bootstrap>:1176) 50",
+        f"{head};<module> (run.py:355);_StatefulLogic.on_batch (operators/__init__.py:1036);"
+        "UserStage._txn (operators/stages.py:373);UserState.features (operators/user.py:120) 30",
+        f"{head};<module> (run.py:355);_ParsingPartition.next_batch (dataflow/sources.py:62) 10",
+        f"{head};<module> (run.py:355) 10",
+        "Thread.run (threading.py:982);_AlertPartition._retry_loop (sinks/postgres.py:143) 99",
+    ]) + "\n")
+    text = profile_summary(raw)
+    assert text.startswith("50 samples")  # start-up and other threads left out
+    assert "60.0%  user stage: features" in text
+    assert "20.0%  source: Kafka poll, parse, watermarks" in text
+    assert "20.0%  Bytewax runtime" in text
+
+
+def test_table_names_the_targets():
+    res = {"passthrough_eps": 40000.0, "passthrough_eps_min": 39000.0,
+           "passthrough_eps_max": 41000.0, "passthrough_eps_per_cpu_second": 42000.0,
+           "passthrough_events": 200000, "full_eps": 12000.0, "full_eps_min": 11000.0,
+           "full_eps_max": 13000.0, "full_eps_per_cpu_second": 12500.0, "full_events": 50000,
+           "repeats": 3, "ratio_full_passthrough": 0.3, "state_bytes_per_user": 5000.0,
+           "seconds": 100.0}
+    text = format_table(res, "txw-test")
+    assert "model txw-test" in text
+    assert "12,000 ev/s" in text and "target >= 10,000: met" in text
+    assert "target <= 4,096: MISSED" in text
