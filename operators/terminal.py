@@ -40,19 +40,31 @@ class TerminalState:
     no more than ``EPISODE_GAP_DAYS`` apart)."""
     label_days: dict[int, list[int]] = field(default_factory=dict)
     """``label day -> [labels, frauds]`` for labels received in the last days."""
+    _past: tuple[int, tuple[int, ...]] | None = None
+    """Cache: (day, window sums of the days before it); reset when a label changes them."""
 
     def features(self, ts: float) -> dict[str, float]:
         today = int(ts // DAY)
         out: dict[str, float] = {}
         days = self.days
-        for w in WINDOWS:
-            n = lab = fr = 0
-            for d in range(today - w + 1, today + 1):
-                b = days.get(d)
-                if b is not None:
-                    n += b[0]
-                    lab += b[1]
-                    fr += b[2]
+        past = self._past
+        if past is None or past[0] != today:
+            sums: list[int] = []
+            for w in WINDOWS:
+                n = lab = fr = 0
+                for d in range(today - w + 1, today):
+                    b = days.get(d)
+                    if b is not None:
+                        n += b[0]
+                        lab += b[1]
+                        fr += b[2]
+                sums += (n, lab, fr)
+            past = self._past = (today, tuple(sums))
+        cur = days.get(today) or (0, 0, 0)
+        for i, w in enumerate(WINDOWS):
+            n = past[1][3 * i] + cur[0]
+            lab = past[1][3 * i + 1] + cur[1]
+            fr = past[1][3 * i + 2] + cur[2]
             out[f"term_n_{w}d"] = float(n)
             out[f"term_risk_{w}d"] = fr / n if n else 0.0
             if w == 30:
@@ -79,6 +91,8 @@ class TerminalState:
 
     def learn_txn(self, ts: float) -> None:
         day = int(ts // DAY)
+        if self._past is not None and day < self._past[0]:
+            self._past = None  # a late transaction changes a past day
         b = self.days.get(day)
         if b is None:
             self.days[day] = [1, 0, 0]
@@ -91,6 +105,7 @@ class TerminalState:
         """A label for a transaction at ``txn_ts`` (a later label for the same transaction
         replaces the earlier one: callers pass ``undo`` labels through :meth:`remove_label`)."""
         day = int(txn_ts // DAY)
+        self._past = None
         b = self.days.get(day)
         if b is None:
             if day < int(self.last_seen // DAY) - HORIZON_DAYS:
@@ -118,6 +133,7 @@ class TerminalState:
                 self.last_fraud_ts = txn_ts
 
     def remove_label(self, txn_ts: float, was_fraud: bool) -> None:
+        self._past = None
         b = self.days.get(int(txn_ts // DAY))
         if b is None:
             return

@@ -73,6 +73,7 @@ class UserState:
         "n",
         "n_amounts",
         "n_new_terminal",
+        "past_days",
         "recent",
         "score_q",
         "seen",
@@ -82,6 +83,7 @@ class UserState:
         self.n = 0
         self.n_amounts = 0
         self.n_new_terminal = 0
+        self.past_days: tuple[int, float, float, float, float] | None = None  # window cache
         self.dist_mean = 0.0
         self.first_ts = 0.0
         self.last_ts = 0.0
@@ -137,15 +139,21 @@ class UserState:
                     c1h += 1
                     s1h += a
         today = int(ts // DAY)
-        c7 = s7 = c30 = s30 = 0.0
-        for d, (c, s) in self.days.items():
-            age = today - d
-            if 0 <= age < 30:
-                c30 += c
-                s30 += s
-                if age < 7:
-                    c7 += c
-                    s7 += s
+        past = self.past_days
+        if past is None or past[0] != today:
+            c7 = s7 = c30 = s30 = 0.0
+            for d, (c, s) in self.days.items():
+                age = today - d
+                if 0 < age < 30:
+                    c30 += c
+                    s30 += s
+                    if age < 7:
+                        c7 += c
+                        s7 += s
+            past = self.past_days = (today, c7, s7, c30, s30)
+        cur = self.days.get(today)
+        cc, cs = (cur[0], cur[1]) if cur else (0.0, 0.0)
+        c7, s7, c30, s30 = past[1] + cc, past[2] + cs, past[3] + cc, past[4] + cs
         f["u_cnt_1h"], f["u_sum_1h"] = c1h, s1h
         f["u_cnt_1d"], f["u_sum_1d"] = c1d, s1d
         f["u_cnt_7d"], f["u_sum_7d"] = c7, s7
@@ -250,6 +258,8 @@ class UserState:
         recent.append((ts, amount))
         self.recent = recent[-RECENT_MAX:]
         day = int(ts // DAY)
+        if self.past_days is not None and day < self.past_days[0]:
+            self.past_days = None
         b = self.days.get(day)
         if b is None:
             self.days[day] = [1.0, amount]
