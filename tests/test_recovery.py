@@ -7,6 +7,7 @@ import itertools
 import json
 import pickle
 import random
+import socket
 import threading
 import time
 from typing import Any
@@ -174,3 +175,41 @@ def test_incompatible_snapshot_version_is_refused(version):
         assert f"step {step!r}" in msg
         assert f"state version {version}" in msg and f"reads {STATE_VERSION}" in msg
         assert "Warm start" in msg and "fresh directory" in msg and "replay history" in msg
+
+
+@pytest.mark.integration
+def test_resume_with_more_workers(broker, pg, pg_server, topics, tmp_path):
+    """Scaling out keeps the state: a 1-worker run stopped by kill -9, resumed from its recovery
+    directory by 2 processes × 2 workers, ends with the alerts of an uninterrupted run."""
+    migrate(pg)
+    produce_plain(broker.brokers, topics["transactions"], sim_messages(SIM_RECOVERY))
+    res = run_worker(flow_env(broker.brokers, pg, topics, TXWATCH_LATENESS_SECONDS=LATENESS))
+    assert res.returncode == 0, res.stderr[-3000:]
+    reference = alert_rows(pg)
+
+    rec = tmp_path / "recovery"
+    with fresh_db(pg_server) as pg2:
+        env = flow_env(broker.brokers, pg2, topics, TXWATCH_LATENESS_SECONDS=LATENESS,
+                       TXWATCH_KAFKA_BATCH_SIZE="100")
+        small = Cluster(1, 1, env=env, cwd=ROOT, log_dir=tmp_path / "logs", recovery_dir=rec,
+                        recovery_partitions=4, snapshot_interval=1, max_restarts=0)
+        big = Cluster(2, 2, env=env, cwd=ROOT, log_dir=tmp_path / "logs", recovery_dir=rec,
+                      snapshot_interval=1, max_restarts=0)
+        try:
+            small.start()
+            wait_for(lambda: (committed_epoch(rec) or 0) >= 3, timeout=90,
+                     what="a few snapshots of the 1-worker run")
+            small.kill_one()
+            small.stop()
+            stopped_at = committed_epoch(rec)
+            partial = len(alert_rows(pg2))
+            big.start()
+            assert big.wait(timeout=150) is Outcome.FINISHED
+        finally:
+            small.stop()
+            big.stop()
+        got = alert_rows(pg2)
+    assert stopped_at is not None and 0 < partial < len(reference)
+    assert_same_alerts(got, reference)
+    # both processes of the bigger cluster wrote alerts (`worker` is host:pid)
+    assert {f"{socket.gethostname()}:{pid}" for pid in big.pids()} <= {r[-1] for r in got.values()}
