@@ -345,6 +345,7 @@ class UserStage(_OrderedStage):
             self.clock = snap["clock"]
             self.last_evict = snap["last_evict"]
         super().__init__(cfg, buf)
+        self._pending_cap = max(1, cfg.max_pending_labels // max(1, cfg.user_shards))
 
     def _sort_key(self, item: Any) -> tuple[float, int, str] | None:
         kind = item[0]
@@ -422,7 +423,10 @@ class UserStage(_OrderedStage):
         )
         self.detector.learn(user, feats, score)
         user.learn(ts, amount, protect=score >= threshold, dist_home=feats["dist_home_km"], **kw)
-        self.pending[t.transaction_id] = Pending(ts, self.detector.keep(feats, comps), d.is_alert)
+        pending = self.pending
+        pending[t.transaction_id] = Pending(ts, self.detector.keep(feats, comps), d.is_alert)
+        if len(pending) > self._pending_cap:  # bounded on insert: the oldest go first
+            pending.popitem(last=False)
         child(m.consumed, "scored").inc()
         observe_decision(d)
         if comps.get("maturity", 1.0) < 0.5:

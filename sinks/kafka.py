@@ -14,6 +14,7 @@ txwatch configures it idempotent with ``acks=all`` so librdkafka retries without
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 
 import orjson
@@ -22,10 +23,22 @@ from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
 from operators.records import DeadLetter, Decision
 from txwatch.settings import Settings
 
+MAX_DLQ_PAYLOAD = 512 * 1024
+"""Largest original payload a dead letter carries whole: base64 and JSON must stay under
+Kafka's default 1 MB message limit. A larger payload keeps its first MAX_DLQ_PAYLOAD bytes,
+with its full size and SHA-256, so it can still be found and matched."""
+
 
 def dead_letter_message(d: DeadLetter) -> KafkaSinkMessage[bytes | None, bytes]:
+    payload = d.payload
+    extra: dict[str, object] = {}
+    if len(payload) > MAX_DLQ_PAYLOAD:
+        extra = {"payload_truncated": True, "payload_bytes": len(payload),
+                 "payload_sha256": hashlib.sha256(payload).hexdigest()}
+        payload = payload[:MAX_DLQ_PAYLOAD]
     body = {
-        "payload_b64": base64.b64encode(d.payload).decode(),
+        **extra,
+        "payload_b64": base64.b64encode(payload).decode(),
         "reason": d.reason,
         "topic": d.topic,
         "partition": d.partition,

@@ -232,8 +232,6 @@ def test_pending_labels_are_trimmed_to_the_cap():
     assert list(stage.pending) == [f"t{i}" for i in range(1_900, 2_000)]  # the newest kept
 
 
-@pytest.mark.xfail(strict=True, reason="pending labels are only trimmed every 6 event-hours "
-                   "(UserStage._evict), not on insert: reported to the flow's owner")
 def test_pending_labels_never_exceed_the_cap():
     stage = _stage(max_pending_labels=1_600, user_shards=16)  # cap 100 per shard
     t0 = 1.7e9
