@@ -59,9 +59,9 @@ class BenchOptions:
 
     events: int = 200_000
     """Events in the throughput topic (passthrough and full read all of them)."""
-    full_events: int | None = 50_000
+    full_events: int | None = 40_000
     """Events the full flow reads (the first ones of the same topic; None: all)."""
-    baseline_events: int = 1_000
+    baseline_events: int = 600
     """Events the scikit-learn baseline reads (the first ones of the same topic)."""
     repeats: int = 3
     """Runs of each throughput flow; the median is reported."""
@@ -71,7 +71,7 @@ class BenchOptions:
     """Duration of the offered load in the latency run."""
     state_users: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     """Population sizes of the state measurement (empty skips it)."""
-    state_pool: int = 500
+    state_pool: int = 300
     """Users driven through the full per-user path, whose states seed the populations."""
     state_days: tuple[int, int] = (32, 45)
     """Simulated days of history of each driven user (uniform in this range)."""
@@ -416,8 +416,8 @@ class Bench:
 
     # --- one measured run -------------------------------------------------------------------
     def start(self, kind: str, env: dict[str, str], *, processes: int = 1,
-              limit: int | None = None, train: Sequence[float] = (), ready: bool = False
-              ) -> tuple[Any, Path]:
+              limit: int | None = None, train: Sequence[float] = (), ready: bool = False,
+              metrics_port: int = 0) -> tuple[Any, Path]:
         """Start a measured run (a :class:`~txwatch.commands.cluster.Cluster` of ``processes``
         processes of one worker each); returns the cluster and the run's directory."""
         from txwatch.commands.cluster import Cluster
@@ -435,7 +435,7 @@ class Bench:
         (rdir / "spec.json").write_text(json.dumps(spec))
         cl = Cluster(processes=processes, flow=f"txwatch.bench:bench_flow({kind!r})",
                      env={**env, SPEC_ENV: str(rdir / "spec.json")}, cwd=ROOT, log_dir=rdir,
-                     max_restarts=0, metrics_port=0, kill_on_parent_death=True)
+                     max_restarts=0, metrics_port=metrics_port, kill_on_parent_death=True)
         cl.start()
         return cl, rdir
 
@@ -670,10 +670,11 @@ def measure_latency(b: Bench, opts: BenchOptions, out: dict[str, Any]) -> None:
     env = b.env(topics, b.database(), TXWATCH_KAFKA_TAIL="true")
     for k in ("TXWATCH_LATENESS_SECONDS", "TXWATCH_MAX_HOLD_SECONDS", "TXWATCH_REPLAY"):
         env.pop(k, None)  # live defaults
-    cl, rdir = b.start("full", env, ready=True)
-    try:
-        from txwatch.embedded import wait_for
+    from txwatch.embedded import free_port, wait_for
 
+    port = free_port()
+    cl, rdir = b.start("full", env, ready=True, metrics_port=port)
+    try:
         def ready() -> bool:
             if not cl.running():
                 raise RuntimeError("the live worker exited early:\n" + "".join(
@@ -687,11 +688,10 @@ def measure_latency(b: Bench, opts: BenchOptions, out: dict[str, Any]) -> None:
         # the labels and controls sources tail forever: the run ends when every transaction
         # has its decision on the decisions topic, then the worker is stopped (SIGINT)
         got = _decision_latencies(b.broker.brokers, topics["decisions"], sent)
+        buckets = _scrape_buckets(f"http://127.0.0.1:{port}/metrics",
+                                  "txwatch_decision_latency_seconds")
     finally:
         cl.stop()
-    results = [RunResult(**_tuples(json.loads(p.read_text())))
-               for p in sorted(rdir.glob("result-*.json"))]
-    buckets = results[0].latency_buckets if results else []
     window = {str(r["transaction_id"]) for r in recs[warm:warm + n]}
     lat = sorted(ms for tid, ms in got.items() if tid in window)
     everything = sorted(got.values())
@@ -751,6 +751,19 @@ def _offer(brokers: str, topic: str, recs: list[dict[str, Any]], rate: float
         raise RuntimeError(f"live producer: {left} undelivered, {len(failed)} failed "
                            f"(first: {failed[:1]})")
     return sent, offered
+
+
+def _scrape_buckets(url: str, name: str) -> list[tuple[float, float]]:
+    """The cumulative buckets ``(le, count)`` of histogram ``name`` on a metrics endpoint."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - our worker, loopback
+        text = r.read().decode()
+    return [(float(smp.labels["le"]), float(smp.value))
+            for fam in text_string_to_metric_families(text) for smp in fam.samples
+            if smp.name == f"{name}_bucket"]
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -898,13 +911,13 @@ def measure_state(opts: BenchOptions, log: Log, out: dict[str, Any]) -> None:
         t1 = time.monotonic()
         loads = pickle.loads
         nb = len(blobs)
-        gc.disable()  # millions of small containers: no cyclic GC passes while building
-        try:
+        gc.disable()  # millions of small containers: no cyclic GC passes while building,
+        try:  # and none over them afterwards (they are frozen: as a long-lived worker's)
             for i in range(len(users), target):
                 users[f"C{i:07d}"] = loads(blobs[i % nb])
+            gc.freeze()
         finally:
             gc.enable()
-        gc.collect()
         rss = _rss_bytes()
         built = time.monotonic() - t1
         vals = list(users.values())
@@ -920,6 +933,7 @@ def measure_state(opts: BenchOptions, log: Log, out: dict[str, Any]) -> None:
             f"{rss / 2**20:,.0f} MiB, {(rss - base) / target:,.0f} B/user above the "
             f"{base / 2**20:,.0f} MiB before them; built in {built:.1f} s")
     del users
+    gc.unfreeze()
     gc.collect()
     out["state_bytes_by_users"] = by
     out["state_bytes_per_user"] = by[str(max(opts.state_users))]["bytes_per_user"]
@@ -943,13 +957,31 @@ def run_bench(opts: BenchOptions, log: Log) -> dict[str, Any]:
     if opts.throughput or opts.latency_rate > 0:
         with Bench(opts, log) as b:
             if opts.throughput:
+                t1 = time.monotonic()
                 measure_throughput(b, opts, out)
+                out["throughput_run_seconds"] = time.monotonic() - t1
             if opts.latency_rate > 0:
+                t1 = time.monotonic()
                 measure_latency(b, opts, out)
+                out["latency_run_seconds"] = time.monotonic() - t1
     if opts.state_users:
+        t1 = time.monotonic()
         measure_state(opts, log, out)
+        out["state_run_seconds"] = time.monotonic() - t1
     out["seconds"] = time.monotonic() - t0
     out["load_avg_end"] = os.getloadavg()[0]
+    return _finite(out)
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    """Only finite numbers (a figure that could not be measured is left out: JSON has no
+    NaN)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out[k] = _finite(v)
+        elif isinstance(v, int | float) and math.isfinite(v):
+            out[k] = v
     return out
 
 

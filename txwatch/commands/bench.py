@@ -56,13 +56,14 @@ def format_table(res: dict[str, Any], version: str) -> str:
     for k, v in res.get("eps_by_processes", {}).items():
         rows.append((f"full, {k} process(es)", _fmt(v, " ev/s"), ""))
     if "p50_ms" in res:
+        nan = math.nan
         extra = (f"{res['latency_events']:,} events offered at "
-                 f"{_fmt(res['latency_offered_eps'])}/s, live; histogram "
-                 f"{_fmt(res['p50_ms_histogram'])} ms")
+                 f"{_fmt(res['latency_offered_eps'])}/s, live; the flow's histogram "
+                 f"{_fmt(res.get('p50_ms_histogram', nan))} ms")
         row("decision latency p50", "p50_ms", " ms", extra)
         row("decision latency p99", "p99_ms", " ms",
             f"p99.9 {_fmt(res['p999_ms'])} ms, max {_fmt(res['max_ms'])} ms; histogram "
-            f"{_fmt(res['p99_ms_histogram'])} ms")
+            f"{_fmt(res.get('p99_ms_histogram', nan))} ms")
     row("state per user (snapshot)", "state_bytes_per_user", " B",
         "median, users with >= 30 days of history, largest population")
     for k, v in res.get("state_bytes_by_users", {}).items():
@@ -71,7 +72,8 @@ def format_table(res: dict[str, Any], version: str) -> str:
                      f"{_fmt(v['rss_bytes_per_user'])} B/user in memory"))
     w0 = max(len(r[0]) for r in rows) if rows else 0
     w1 = max(len(r[1]) for r in rows) if rows else 0
-    out = [f"txwatch bench — model {version}, {res.get('seconds', 0):.0f} s"]
+    out = [f"txwatch bench — model {version}, {res.get('seconds', 0):.0f} s, load average "
+           f"{res.get('load_avg_start', 0):.1f} at the start"]
     out += [f"{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows]
     return "\n".join(out)
 
@@ -119,10 +121,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="print one JSON object of numbers on stdout instead of the table")
     p.add_argument("--events", type=int, default=200_000,
                    help="events in the throughput topic; passthrough reads them all (200000)")
-    p.add_argument("--full-events", type=int, default=50_000,
-                   help="events the full flow reads from that topic (50000; 0: all)")
-    p.add_argument("--baseline-events", type=int, default=1_000,
-                   help="events the scikit-learn baseline reads from that topic (1000)")
+    p.add_argument("--full-events", type=int, default=40_000,
+                   help="events the full flow reads from that topic (40000; 0: all)")
+    p.add_argument("--baseline-events", type=int, default=600,
+                   help="events the scikit-learn baseline reads from that topic (600)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each flow (3; median)")
     p.add_argument("--latency-rate", type=float, default=5_000.0,
                    help="offered events per second in the latency run (5000; 0 skips it)")
@@ -131,7 +133,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--users", type=int, nargs="*", default=[10_000, 100_000, 1_000_000],
                    help="population sizes of the state measurement (10000 100000 1000000; "
                         "none skips it)")
-    p.add_argument("--state-pool", type=int, default=500,
+    p.add_argument("--state-pool", type=int, default=300,
                    help="users driven through the full per-user path to seed the populations")
     p.add_argument("--processes", type=int, nargs="+", default=None,
                    help="also measure the full flow on clusters of these sizes, e.g. 1 2 4")
