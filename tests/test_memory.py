@@ -219,24 +219,16 @@ def test_ttl_eviction_frees_idle_users():
     assert left < 0.05 * grown, (grown, left)  # ... and gave it back
 
 
-def test_pending_labels_are_trimmed_to_the_cap():
-    """Scored transactions waiting for a label are capped (max_pending_labels over the user
-    shards) at each eviction pass."""
-    stage = _stage(max_pending_labels=1_600, user_shards=16)  # cap 100 per shard
-    t0 = 1.7e9
-    for i in range(2_000):
-        stage._process(("t", _txn(i, f"u{i % 50}", t0 + 20.0 * i), {}))  # 11 event-hours
-    assert len(stage.pending) <= 100 + 6 * 3600 / 20  # cap, plus at most one pass' worth
-    stage._evict(t0 + 20.0 * 2_000)
-    assert len(stage.pending) == 100
-    assert list(stage.pending) == [f"t{i}" for i in range(1_900, 2_000)]  # the newest kept
-
-
 def test_pending_labels_never_exceed_the_cap():
+    """Scored transactions waiting for a label are capped (max_pending_labels over the user
+    shards) on every insert, the oldest going first, and expire after the label horizon."""
     stage = _stage(max_pending_labels=1_600, user_shards=16)  # cap 100 per shard
     t0 = 1.7e9
     peak = 0
-    for i in range(1_000):
-        stage._process(("t", _txn(i, f"u{i % 50}", t0 + 1.0 * i), {}))
+    for i in range(2_000):
+        stage._process(("t", _txn(i, f"u{i % 50}", t0 + 20.0 * i), {}))  # 11 event-hours
         peak = max(peak, len(stage.pending))
-    assert peak <= 100
+    assert peak == 100
+    assert list(stage.pending) == [f"t{i}" for i in range(1_900, 2_000)]  # the newest kept
+    stage._evict(t0 + 20.0 * 2_000 + stage.cfg.label_horizon + 1)
+    assert len(stage.pending) == 0
