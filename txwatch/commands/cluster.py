@@ -156,6 +156,12 @@ class Cluster:
         keep dying; a generation that ran ``healthy_after`` seconds resets the delay.
     stop_timeout
         Seconds :meth:`stop` waits after SIGINT before it sends SIGKILL.
+    flow, cwd, python
+        The Bytewax import string, the processes' working directory and interpreter.
+    kill_on_parent_death
+        Linux: the processes get SIGKILL when the thread that started them dies (even by
+        ``kill -9`` of the supervisor). Start and :meth:`wait` from a thread that lives as long
+        as the cluster (restarts start processes from the :meth:`wait` thread).
     """
 
     def __init__(
