@@ -514,11 +514,13 @@ Recovery:
   With --recovery-dir (or TXWATCH_RECOVERY_DIR) the processes snapshot their state (Kafka
   offsets, the stages' state, the database sink's backlog) into that shared directory every
   TXWATCH_SNAPSHOT_INTERVAL_SECONDS; a restart resumes from the last snapshot, re-processing
-  at most one interval of input (the database sink is idempotent: no duplicate rows). The
+  at most one epoch of input (one interval when live, more while catching up a backlog):
+  decisions may be published twice, alert rows never (the database sink upserts). To add
+  workers, stop the cluster and start it with more processes on the same directory. The
   directory's partitions are created when missing (--recovery-partitions, fixed at creation:
   size it for the largest cluster you will run). A snapshot from a release with another state
   version is refused: warm-start by replaying history into a fresh directory. Without
-  recovery, a restart re-reads the topics from the beginning.
+  recovery, a restart re-reads the topics from the beginning. See docs/scaling.md.
 """
 
 
