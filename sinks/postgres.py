@@ -148,9 +148,10 @@ class _AlertPartition(StatefulSinkPartition[tuple[Any, ...], list[tuple[Any, ...
                     if not self._flush_locked():
                         self.backoff = min(self.retry_max, self.backoff * 2)
 
-    def write_batch(self, values: list[tuple[Any, ...]]) -> None:
+    def write_batch(self, values: list[Any]) -> None:
+        rows = [alert_row(v) if isinstance(v, Decision) else v for v in values]
         with self.lock:
-            self.backlog.extend(values)
+            self.backlog.extend(rows)
             self._gauge()
             if self._flush_locked():
                 return
@@ -187,7 +188,7 @@ class _AlertPartition(StatefulSinkPartition[tuple[Any, ...], list[tuple[Any, ...
 class AlertSink(FixedPartitionedSink[tuple[Any, ...], list[tuple[Any, ...]]]):
     """Upserts alert rows into ``alerts``; one partition per logical user shard.
 
-    Takes ``(user shard key, alert_row(decision))`` items.
+    Takes ``(user shard key, Decision)`` or ``(user shard key, alert_row(decision))`` items.
     """
 
     def __init__(self, dsn: str, parts: list[str], batch_size: int = 500,

@@ -63,7 +63,7 @@ def run_replay(
         from sinks.postgres import AlertSink
 
         migrate(db_url)
-        alerts_sink = _RowSink(AlertSink(db_url, all_user_keys(s.logical_shards)))
+        alerts_sink = AlertSink(db_url, all_user_keys(s.logical_shards))
     with open(scores_path, "w") as out:
         io = FlowIO(
             transactions=ReplaySource(input_path, s, label_delay=label_delay, batch=2000,
@@ -93,34 +93,6 @@ def run_replay(
         print(f"\rreplay: {lines:,} lines in {elapsed:.1f} s ({lines / elapsed:,.0f}/s), "
               f"{len(dead)} invalid", file=sys.stderr)
     return {"lines": lines, "seconds": elapsed, "eps": lines / elapsed, "invalid": len(dead)}
-
-
-class _RowSink:
-    """Adapts :class:`sinks.postgres.AlertSink` to take (key, Decision) items."""
-
-    def __new__(cls, sink: Any) -> Any:
-        from bytewax.outputs import FixedPartitionedSink
-
-        from sinks.postgres import alert_row
-
-        class _Adapter(FixedPartitionedSink):  # type: ignore[type-arg]
-            def list_parts(self) -> list[str]:
-                return sink.list_parts()
-
-            def part_fn(self, item_key: str) -> int:
-                return sink.part_fn(item_key)
-
-            def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
-                part = sink.build_part(step_id, for_part, resume_state)
-                inner = part.write_batch
-
-                def write_batch(values: list[Any]) -> None:
-                    inner([alert_row(d) for d in values])
-
-                part.write_batch = write_batch
-                return part
-
-        return _Adapter()
 
 
 def _run(args: argparse.Namespace) -> int:
