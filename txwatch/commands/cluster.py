@@ -401,10 +401,16 @@ class Cluster:
             return "from the beginning (no snapshot committed yet)"
         return f"from the snapshot of epoch {epoch}"
 
-    def kill_one(self, index: int | None = None, sig: int = signal.SIGKILL) -> int:
+    def kill_one(self, index: int | None = None, sig: int = signal.SIGKILL,
+                 generation: int | None = None) -> int | None:
         """Send ``sig`` (default SIGKILL) to one running process (``index``, or one at random)
-        and return its index. The supervisor (:meth:`wait`) sees the death and restarts."""
+        and return its index. The supervisor (:meth:`wait`) sees the death and restarts.
+
+        With ``generation``, only if that generation is still the current one (else None).
+        """
         with self._lock:
+            if generation is not None and generation != self.generation:
+                return None
             alive = [k for k, p in enumerate(self._procs) if p.poll() is None]
             if not alive:
                 raise RuntimeError("no running process to kill")
