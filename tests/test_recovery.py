@@ -200,7 +200,7 @@ def test_resume_with_more_workers(broker, pg, pg_server, topics, tmp_path):
             small.start()
             wait_for(lambda: (committed_epoch(rec) or 0) >= 3, timeout=90,
                      what="a few snapshots of the 1-worker run")
-            small.kill_one()
+            assert small.kill_one() == 0
             small.stop()
             stopped_at = committed_epoch(rec)
             partial = len(alert_rows(pg2))

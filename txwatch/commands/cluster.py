@@ -406,14 +406,15 @@ class Cluster:
         """Send ``sig`` (default SIGKILL) to one running process (``index``, or one at random)
         and return its index. The supervisor (:meth:`wait`) sees the death and restarts.
 
-        With ``generation``, only if that generation is still the current one (else None).
+        Returns None, and kills nothing, when no process is running or when ``generation`` is
+        given and is no longer the current one (the cluster restarted meanwhile).
         """
         with self._lock:
             if generation is not None and generation != self.generation:
                 return None
             alive = [k for k, p in enumerate(self._procs) if p.poll() is None]
-            if not alive:
-                raise RuntimeError("no running process to kill")
+            if not alive or (index is not None and index not in alive):
+                return None
             k = index if index is not None else self._rng.choice(alive)
             pid = self._procs[k].pid
             with contextlib.suppress(ProcessLookupError):
