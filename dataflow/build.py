@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -65,6 +66,7 @@ def stage_config(settings: Settings, source_partitions: int, **kw: Any) -> Stage
         threshold=settings.threshold,
         block_threshold=settings.block_threshold,
         user_ttl=settings.user_ttl_seconds,
+        label_horizon=settings.label_horizon_seconds,
         detector_factory=make_detector_factory(settings),
         snapshots=recovery_enabled(settings),
     )
@@ -171,7 +173,8 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     )
 
     def build_user(resume: bytes | None) -> UserStage:
-        return _KeyedUser(cfg, resume, worker)
+        # built on the worker's own thread: the name tells workers of one process apart
+        return _KeyedUser(cfg, resume, f"{worker}:{threading.get_native_id()}")
 
     decisions = op.stateful("user", by_user, build_user)  # (u-shard, Decision)
 

@@ -81,6 +81,21 @@ def alert_row(d: Decision) -> tuple[Any, ...]:
     )
 
 
+class _Backlog:
+    """The process-wide backlog: every partition of this process adds to one total, which
+    the gauge shows and ``TXWATCH_SINK_MAX_BACKLOG`` bounds."""
+
+    lock = threading.Lock()
+    total = 0
+
+    @classmethod
+    def add(cls, n: int) -> int:
+        with cls.lock:
+            cls.total += n
+            get_metrics().sink_backlog.labels(sink=SINK).set(cls.total)
+            return cls.total
+
+
 class _AlertPartition(StatefulSinkPartition[tuple[Any, ...], list[tuple[Any, ...]]]):
     def __init__(self, dsn: str, batch_size: int, max_backlog: int, retry_max: float,
                  resume: list[tuple[Any, ...]] | None) -> None:
@@ -96,10 +111,7 @@ class _AlertPartition(StatefulSinkPartition[tuple[Any, ...], list[tuple[Any, ...
         self.backoff = 0.1
         self.thread = threading.Thread(target=self._retry_loop, name="alert-sink", daemon=True)
         self.thread.start()
-        self._gauge()
-
-    def _gauge(self) -> None:
-        get_metrics().sink_backlog.labels(sink=SINK).set(len(self.backlog))
+        _Backlog.add(len(self.backlog))
 
     def _connect(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:
@@ -134,8 +146,8 @@ class _AlertPartition(StatefulSinkPartition[tuple[Any, ...], list[tuple[Any, ...
             m.sink_batch_size.observe(len(rows))
             m.sink_rows_written.labels(sink=SINK).inc(len(rows))
             del self.backlog[: len(batch)]
+            _Backlog.add(-len(batch))
             self.backoff = 0.1
-            self._gauge()
         return True
 
     def _retry_loop(self) -> None:
@@ -152,14 +164,14 @@ class _AlertPartition(StatefulSinkPartition[tuple[Any, ...], list[tuple[Any, ...
         rows = [alert_row(v) if isinstance(v, Decision) else v for v in values]
         with self.lock:
             self.backlog.extend(rows)
-            self._gauge()
+            _Backlog.add(len(rows))
             if self._flush_locked():
                 return
         # the database is unreachable: keep going while the backlog is bounded, then hold
         # the worker (and so the input) back until the background retries drain it
         while True:
             with self.lock:
-                if len(self.backlog) <= self.max_backlog:
+                if _Backlog.total <= self.max_backlog or not self.backlog:
                     return
             self.wake.set()
             time.sleep(min(self.backoff, 1.0))  # waiting on an external service

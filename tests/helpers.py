@@ -65,7 +65,10 @@ def consume_all(brokers: str, topic: str, timeout: float = 10.0) -> list[Any]:
 
 
 def flow_env(brokers: str, dsn: str, topics: dict[str, str], **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TXWATCH_")}
+    # Bytewax starts its API server when BYTEWAX_DATAFLOW_API_ENABLED is set to anything,
+    # "false" included: leave it unset
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("TXWATCH_") and k != "BYTEWAX_DATAFLOW_API_ENABLED"}
     env.update(
         TXWATCH_KAFKA_BROKERS=brokers,
         TXWATCH_DATABASE_URL=dsn,
@@ -78,7 +81,6 @@ def flow_env(brokers: str, dsn: str, topics: dict[str, str], **extra: str) -> di
         TXWATCH_LATENESS_SECONDS="100000000",
         TXWATCH_MAX_HOLD_SECONDS="1000000000",
         TXWATCH_METRICS_PORT="0",
-        BYTEWAX_DATAFLOW_API_ENABLED="false",
     )
     env.update(extra)
     return env

@@ -137,7 +137,7 @@ def test_reasons_for_travel_and_terminal_risk():
     when = T0 + timedelta(days=4)
     lab = Label("carol-3", "carol", "T9", "fraud", base[3].timestamp, when)
     later = txn("dave-1", "dave", 40.0, when + timedelta(hours=1), terminal_id="T9")
-    out = run_items(sorted([*base, later], key=lambda t: t.timestamp) + [])
+    out = run_items(sorted([*base, later], key=lambda t: t.timestamp))
     no_label = out["dave-1"].features["term_days_since_fraud"]
     out = run_items(sorted([*base, lab, later],
                            key=lambda t: t.label_time if isinstance(t, Label) else t.timestamp))

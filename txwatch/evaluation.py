@@ -129,7 +129,7 @@ def figures(d: EvalData, score: np.ndarray, alert: np.ndarray | None) -> dict[st
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     y = d.fraud
-    res: dict[str, Any] = {"transactions": int(len(y)), "frauds": int(y.sum())}
+    res: dict[str, Any] = {"transactions": len(y), "frauds": int(y.sum())}
     if 0 < y.sum() < len(y):
         res["roc_auc"] = float(roc_auc_score(y, score))
         res["average_precision"] = float(average_precision_score(y, score))

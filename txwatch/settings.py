@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     """TXWATCH_MODEL_SEED: seed of every model (same input and seed give the same scores)."""
     user_ttl_seconds: float = 90 * 86_400.0
     """TXWATCH_USER_TTL_SECONDS: idle users are evicted after this much event time."""
+    label_horizon_seconds: float = 14 * 86_400.0
+    """TXWATCH_LABEL_HORIZON_SECONDS: how long a scored transaction's supervised inputs wait
+    for its label; labels later than this still feed terminal risk, not the model."""
     alert_budget_per_1000: float = 5.0
     """TXWATCH_ALERT_BUDGET_PER_1000: ceiling on alerts per 1,000 transactions."""
 
@@ -129,8 +132,12 @@ class Settings(BaseSettings):
     """TXWATCH_LOG_LEVEL: logging level."""
     recovery_dir: str | None = None
     """TXWATCH_RECOVERY_DIR: Bytewax recovery directory (None: no recovery)."""
-    snapshot_interval_seconds: float = 10.0
-    """TXWATCH_SNAPSHOT_INTERVAL_SECONDS: epoch/snapshot interval when recovery is on."""
+    snapshot_interval_seconds: float = 30.0
+    """TXWATCH_SNAPSHOT_INTERVAL_SECONDS: epoch/snapshot interval when recovery is on (each
+    snapshot copies the shards' whole state: see docs/scaling.md for the measured cost)."""
+    recovery_partitions: int = 16
+    """TXWATCH_RECOVERY_PARTITIONS: recovery partitions ``txwatch cluster`` creates: at least
+    the number of workers of the largest cluster you will run."""
 
     # --- Retention -------------------------------------------------------------------------------
     alerts_retention_days: int = 365

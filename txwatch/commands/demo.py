@@ -131,15 +131,14 @@ def run_demo(args: argparse.Namespace) -> int:
         migrate(dsn)
         metrics_port = args.metrics_port or free_port()
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k != "BYTEWAX_DATAFLOW_API_ENABLED"},
             "TXWATCH_KAFKA_BROKERS": brokers,
             "TXWATCH_DATABASE_URL": dsn,
             "TXWATCH_METRICS_PORT": str(metrics_port),
             "TXWATCH_KAFKA_BATCH_SIZE": "200",
-            "BYTEWAX_DATAFLOW_API_ENABLED": "false",
         }
         log = open(workdir / "worker.log", "ab")  # noqa: SIM115 - closed at exit
-        worker = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        worker = subprocess.Popen(
             [sys.executable, "-m", "bytewax.run", "dataflow"],
             env=env, stdout=log, stderr=log, start_new_session=True,
         )
