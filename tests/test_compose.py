@@ -146,7 +146,8 @@ def test_env_file_is_ignored_and_its_example_is_not() -> None:
 
     assert ignored(".env")
     assert not ignored(".env.example")
-    dockerignore = (ROOT / ".dockerignore").read_text().split()
+    dockerignore = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
+                              if ln.strip() and not ln.lstrip().startswith("#")]
     assert {".env", ".git", ".venv"} <= set(dockerignore)
 
 
@@ -216,7 +217,8 @@ def test_dockerfile_copies_existing_paths_and_installs_the_project() -> None:
     for pkg in ("txwatch", "dataflow", "operators", "sinks", "producer"):
         assert pkg in sources
     for pkg in ("txwatch", "dataflow", "operators", "sinks", "producer"):
-        assert pkg not in (ROOT / ".dockerignore").read_text().split()
+        assert pkg not in [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
+                              if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 def _command(svc: dict[str, Any]) -> list[str]:
