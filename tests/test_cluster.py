@@ -171,13 +171,15 @@ def test_cluster_matches_single_worker(broker, pg, pg_server, topics, tmp_path):
     assert len({json.loads(m.value())["transaction_id"] for m in decided}) == len(msgs)
     assert {m.partition() for m in decided} == {0, 1, 2, 3}
 
-    # a user's state lives on one worker: all of a user's alerts come from one process, and
-    # both processes did part of the work (`worker` names the process: host:pid)
-    for rows, n_workers in ((single, 1), (multi, 2)):
+    # a user's state lives on one worker: all of a user's alerts come from one worker, and
+    # every worker of both processes did part of the work (`worker` is host:pid:thread)
+    for rows, n_workers, n_procs in ((single, 1, 1), (multi, 4, 2)):
         by_user = workers_by_user(rows)
         assert all(len(w) == 1 for w in by_user.values()), [
             (u, w) for u, w in by_user.items() if len(w) > 1][:3]
-        assert len(set().union(*by_user.values())) == n_workers
+        names = set().union(*by_user.values())
+        assert len(names) == n_workers
+        assert len({n.rsplit(":", 1)[0] for n in names}) == n_procs
 
 
 def test_cluster_gives_up_after_max_restarts(broker, pg, topics, tmp_path):
