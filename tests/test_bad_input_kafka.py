@@ -2,13 +2,15 @@
 real worker process, the embedded broker and database.
 
 Every malformed message must come out on the dead-letter topic with a reason and its exact
-bytes (base64), every valid one must be scored, the worker must stay up, and the invalid-message
-metrics must match the counts.
+bytes (base64; beyond ``sinks.kafka.MAX_DLQ_PAYLOAD`` its first bytes, its size and SHA-256),
+every valid one must be scored, the worker must stay up, and the invalid-message metrics must
+match the counts.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import random
 import signal
@@ -22,6 +24,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from operators.parse import InvalidMessage, TxnParser
+from sinks.kafka import MAX_DLQ_PAYLOAD
 from sinks.migrate import migrate
 from tests.helpers import flow_env, metric_value, scrape, start_worker
 from txwatch.bench import produce_plain
@@ -32,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 N_GOOD = 2_000
 N_BAD = 10_400
-N_HUGE = 24  # of which: messages from 17 KB to 600 KB
+N_HUGE = 24  # of which: messages from 17 KB to 600 KB (a quarter above MAX_DLQ_PAYLOAD)
 MIN_TS = "2020-01-01T00:00:00+00:00"  # configured bounds of this test's worker
 MAX_FUTURE = 3600.0
 
@@ -261,17 +264,27 @@ def test_malformed_messages_go_to_the_dead_letter_topic(broker, pg, topics, tmp_
                             outcome="duplicate") == 0
         assert metric_value(text, "txwatch_score_count") == N_GOOD
 
-        # every bad message on the dead-letter topic, exact bytes, with a fitting reason
+        # every bad message on the dead-letter topic, exact bytes, with a fitting reason (a
+        # payload above MAX_DLQ_PAYLOAD keeps that much of its start, its size and SHA-256)
         dead = [json.loads(m.value()) for m in _consume(broker.brokers, topics["dlq"], n_bad)]
         assert len(dead) == n_bad
         got = Counter(base64.b64decode(d["payload_b64"]) for d in dead)
-        assert got == Counter(raw or b"" for raw, _f in bad)
-        frags = {raw or b"": f for raw, f in bad}
+        assert got == Counter((raw or b"")[:MAX_DLQ_PAYLOAD] for raw, _f in bad)
+        frags = {(raw or b"")[:MAX_DLQ_PAYLOAD]: f for raw, f in bad}
+        whole = {raw[:MAX_DLQ_PAYLOAD]: raw for raw, _f in bad
+                 if raw is not None and len(raw) > MAX_DLQ_PAYLOAD}
+        assert len(whole) >= N_HUGE // 4
         for d in dead:
             reason = d["reason"]
             payload = base64.b64decode(d["payload_b64"])
             assert isinstance(reason, str) and reason, d
             assert any(f in reason.lower() for f in frags[payload]), (payload[:100], reason)
+            if payload in whole:
+                raw = whole[payload]
+                assert d["payload_truncated"] is True and d["payload_bytes"] == len(raw)
+                assert d["payload_sha256"] == hashlib.sha256(raw).hexdigest()
+            else:
+                assert "payload_truncated" not in d
             assert d["topic"] == topics["transactions"]
             assert d["partition"] in range(4) and d["offset"] >= 0
         assert len({(d["partition"], d["offset"]) for d in dead}) == n_bad
