@@ -204,7 +204,8 @@ def test_duration_ends_a_paced_run(broker: EmbeddedBroker, topics: dict[str, str
                            duration=0.5)
     assert not stats.interrupted and stats.ok
     assert 0.5 <= stats.elapsed_seconds < 5
-    assert 30 <= stats.transactions <= 70
+    # paced: never faster than the rate (a loaded machine may send fewer, never more)
+    assert 1 <= stats.transactions <= 100 * stats.elapsed_seconds + 2
     assert len(_consume(broker.brokers, topics["transactions"], stats.transactions)) == (
         stats.transactions)
 
