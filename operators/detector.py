@@ -213,6 +213,8 @@ class TxwDetector:
         self.budget_thr: float | None = None if state is None else state["budget_thr"]
         self._last_f: Any = None
         self._last_x: Any = None
+        self._mf_f: Any = None
+        self._mf_x: Any = None
 
     # ------------------------------------------------------------------------------------
     def _pop_amount_z(self, amount: float) -> float:
@@ -260,7 +262,8 @@ class TxwDetector:
             ps.append(min(1.0, f["amt_pctl"] + 1.0 / 33))
             ps.append(f["hour_p"])
             behaviour = fisher_z(ps) * math.sqrt(n / (n + 10.0))
-        x = model_features(f)
+        x = self._mf_x = model_features(f)
+        self._mf_f = f
         own = 0.0
         if user.model is not None:
             own = self.user_model.score(user.model, x)
@@ -340,7 +343,9 @@ class TxwDetector:
             self.budget_thr = self.budget.get()
         if score >= self.p.threshold:
             return  # protect the anomaly models from what they flag
-        x = model_features(f)
+        # the model features of `f` were built when it was scored: reuse them
+        x = self._mf_x if self._mf_f is f else model_features(f)
+        self._mf_f = self._mf_x = None
         if user.model is None:
             user.model = (self.user_model.new_state() if self.p.user_model == "iforest"
                           else self.user_model.new_masses())

@@ -48,6 +48,18 @@ class IncompatibleSnapshot(RuntimeError):
     """A recovery snapshot was written by a release with another state layout."""
 
 
+def load_snapshot(resume: bytes, step: str) -> dict[str, Any]:
+    """Unpickle a stage's snapshot and check its state version."""
+    snap: dict[str, Any] = pickle.loads(resume)  # noqa: S301 - our own recovery store
+    _check_version(snap, step)
+    return snap
+
+
+def dump_snapshot(state: dict[str, Any]) -> bytes:
+    """Pickle a stage's state with the current state version."""
+    return pickle.dumps({"version": STATE_VERSION, **state}, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _check_version(snap: dict[str, Any], step: str) -> None:
     v = snap.get("version")
     if v != STATE_VERSION:
@@ -219,8 +231,7 @@ class TerminalStage(_OrderedStage):
             self.labels: dict[str, bool] = {}
             self.sent_wm = float("-inf")
         else:
-            snap = pickle.loads(resume)  # noqa: S301 - our own recovery store
-            _check_version(snap, "terminal")
+            snap = load_snapshot(resume, "terminal")
             buf = EventTimeBuffer.restore(snap["buf"])
             self.terminals = snap["terminals"]
             self.seen = snap["seen"]
@@ -294,17 +305,15 @@ class TerminalStage(_OrderedStage):
     def snapshot(self) -> bytes:
         if not self.cfg.snapshots:
             return b""
-        return pickle.dumps(
+        return dump_snapshot(
             {
-                "version": STATE_VERSION,
                 "buf": self.buf.snapshot(),
                 "terminals": self.terminals,
                 "seen": self.seen,
                 "seen_order": list(self.seen_order),
                 "labels": self.labels,
                 "sent_wm": self.sent_wm,
-            },
-            protocol=pickle.HIGHEST_PROTOCOL,
+            }
         )
 
 
@@ -335,8 +344,7 @@ class UserStage(_OrderedStage):
             self.clock = float("-inf")
             self.last_evict = float("-inf")
         else:
-            snap = pickle.loads(resume)  # noqa: S301 - our own recovery store
-            _check_version(snap, "user")
+            snap = load_snapshot(resume, "user")
             buf = EventTimeBuffer.restore(snap["buf"])
             self.users = snap["users"]
             self.pending = snap["pending"]
@@ -467,9 +475,8 @@ class UserStage(_OrderedStage):
     def snapshot(self) -> bytes:
         if not self.cfg.snapshots:
             return b""
-        return pickle.dumps(
+        return dump_snapshot(
             {
-                "version": STATE_VERSION,
                 "buf": self.buf.snapshot(),
                 "users": self.users,
                 "pending": self.pending,
@@ -477,8 +484,7 @@ class UserStage(_OrderedStage):
                 "detector": self.detector.snapshot(),
                 "clock": self.clock,
                 "last_evict": self.last_evict,
-            },
-            protocol=pickle.HIGHEST_PROTOCOL,
+            }
         )
 
 
