@@ -51,7 +51,8 @@ def test_bench_smoke_json(tmp_path):
     for name, v in _numbers(out):
         assert math.isfinite(v), name
         if not name.startswith("load_avg"):
-            assert v > 0, (name, v)
+            # an RSS delta over a few hundred users can round to nothing: >= 0 there
+            assert v >= 0 if name.endswith("rss_bytes_per_user") else v > 0, (name, v)
     assert out["full_events"] == 1500 and out["baseline_events"] == 40
     assert out["passthrough_events"] == 3000
     assert out["ratio_full_passthrough"] == pytest.approx(

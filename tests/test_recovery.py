@@ -66,7 +66,9 @@ def test_recovery_after_kill_9(broker, pg, pg_server, topics, tmp_path):
         # small fetches: the source reads less ahead, so epochs (and snapshots) come about
         # every second instead of one long first epoch holding half the backlog
         env = flow_env(broker.brokers, pg2, dict(topics, decisions=decisions),
-                       TXWATCH_LATENESS_SECONDS=LATENESS, TXWATCH_KAFKA_BATCH_SIZE="100")
+                       TXWATCH_LATENESS_SECONDS=LATENESS,
+                       # small fetches keep the run long enough for every kill on a quiet machine
+                       TXWATCH_KAFKA_BATCH_SIZE="20")
         cluster = Cluster(2, 2, env=env, cwd=ROOT, log_dir=tmp_path / "logs",
                           recovery_dir=tmp_path / "recovery", recovery_partitions=4,
                           snapshot_interval=1, backoff=0.2, backoff_max=1.0)
