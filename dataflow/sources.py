@@ -45,7 +45,8 @@ class _ParsingPartition(StatefulSourcePartition[Any, tuple[int | None, float]]):
     """Wraps a Bytewax Kafka partition: parses each message, adds watermarks."""
 
     def __init__(self, inner: Any, name: str, parts: int, parse: Callable[..., Any],
-                 input_name: str, lateness: float, resume_wm: float, marks: bool) -> None:
+                 input_name: str, lateness: float, resume_wm: float, marks: bool,
+                 max_rate: float = 0.0) -> None:
         self.inner = inner
         self.name = name
         self.parts = parts
@@ -56,14 +57,18 @@ class _ParsingPartition(StatefulSourcePartition[Any, tuple[int | None, float]]):
         self.marks = marks
         self.last_mark = 0.0
         self.sent = float("-inf")
+        self.max_rate = max_rate
+        self.not_before = 0.0  # wall clock: when the rate limit lets the next batch in
 
     def next_batch(self) -> list[Any]:
-        try:
-            msgs = self.inner.next_batch()
-        except StopIteration:
-            raise
-        out: list[Any] = []
         now = time.time()
+        if self.max_rate and now < self.not_before:
+            return []
+        msgs = self.inner.next_batch()
+        if self.max_rate:
+            # a token bucket of one batch: the next read waits until this one is "paid for"
+            self.not_before = max(now, self.not_before) + len(msgs) / self.max_rate
+        out: list[Any] = []
         m = get_metrics()
         for msg in msgs:
             kmsg = getattr(msg, "msg", msg)  # KafkaError wraps the message
@@ -94,6 +99,8 @@ class _ParsingPartition(StatefulSourcePartition[Any, tuple[int | None, float]]):
         return out
 
     def next_awake(self) -> datetime | None:
+        if self.max_rate and self.not_before > time.time():
+            return datetime.fromtimestamp(self.not_before, UTC)
         return self.inner.next_awake()
 
     def snapshot(self) -> tuple[int | None, float]:
@@ -145,7 +152,9 @@ class _ParsingKafkaSource(FixedPartitionedSource[Any, tuple[int | None, float]])
         inner = self.kafka.build_part(step_id, for_part, offset)
         return _ParsingPartition(inner, for_part, len(self.list_parts()), self._parser(),
                                  self.input_name, self.settings.lateness_seconds, wm,
-                                 self.marks)
+                                 self.marks,
+                                 self.settings.kafka_max_rate
+                                 if self.input_name == "transactions" else 0.0)
 
 
 class TransactionSource(_ParsingKafkaSource):

@@ -64,11 +64,12 @@ def test_recovery_after_kill_9(broker, pg, pg_server, topics, tmp_path):
     rng = random.Random()
     with fresh_db(pg_server) as pg2:
         # small fetches: the source reads less ahead, so epochs (and snapshots) come about
-        # every second instead of one long first epoch holding half the backlog
+        # every second instead of one long first epoch holding half the backlog; the paced
+        # source (100 messages/s per partition, about 28 s for the whole input) leaves every
+        # generation work to do after its first snapshot, however fast the machine
         env = flow_env(broker.brokers, pg2, dict(topics, decisions=decisions),
-                       TXWATCH_LATENESS_SECONDS=LATENESS,
-                       # small fetches keep the run long enough for every kill on a quiet machine
-                       TXWATCH_KAFKA_BATCH_SIZE="20")
+                       TXWATCH_LATENESS_SECONDS=LATENESS, TXWATCH_KAFKA_BATCH_SIZE="20",
+                       TXWATCH_KAFKA_MAX_RATE="100")
         cluster = Cluster(2, 2, env=env, cwd=ROOT, log_dir=tmp_path / "logs",
                           recovery_dir=tmp_path / "recovery", recovery_partitions=4,
                           snapshot_interval=1, backoff=0.2, backoff_max=1.0)
@@ -192,12 +193,14 @@ def test_resume_with_more_workers(broker, pg, pg_server, topics, tmp_path):
 
     rec = tmp_path / "recovery"
     with fresh_db(pg_server) as pg2:
+        # paced (about 14 s for the whole input) so the 1-worker run is still going when killed
         env = flow_env(broker.brokers, pg2, topics, TXWATCH_LATENESS_SECONDS=LATENESS,
-                       TXWATCH_KAFKA_BATCH_SIZE="100")
+                       TXWATCH_KAFKA_BATCH_SIZE="100", TXWATCH_KAFKA_MAX_RATE="200")
         small = Cluster(1, 1, env=env, cwd=ROOT, log_dir=tmp_path / "logs", recovery_dir=rec,
                         recovery_partitions=4, snapshot_interval=1, max_restarts=0)
-        big = Cluster(2, 2, env=env, cwd=ROOT, log_dir=tmp_path / "logs", recovery_dir=rec,
-                      snapshot_interval=1, max_restarts=0)
+        big = Cluster(2, 2, env=dict(env, TXWATCH_KAFKA_MAX_RATE="0"), cwd=ROOT,
+                      log_dir=tmp_path / "logs", recovery_dir=rec, snapshot_interval=1,
+                      max_restarts=0)
         try:
             small.start()
             # kill as soon as a snapshot is committed and some alerts are out: on a quiet

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     """TXWATCH_KAFKA_TAIL: keep waiting for new messages; false stops at the end (tests)."""
     kafka_batch_size: int = 1000
     """TXWATCH_KAFKA_BATCH_SIZE: messages fetched per partition per poll."""
+    kafka_max_rate: float = Field(default=0.0, ge=0.0)
+    """TXWATCH_KAFKA_MAX_RATE: transactions read per second from each partition, 0 for no limit
+    (paces a backfill or a catch-up so that it leaves room for live traffic and the database)."""
     topic_partitions: int = 4
     """TXWATCH_TOPIC_PARTITIONS: partitions used when txwatch creates topics."""
 
