@@ -6,14 +6,18 @@ Components (each is reported per transaction, and measured by ``txwatch evaluate
 =================  =========================================================================
 ``user_amount``    robust z-score of the amount against the user's recent amounts
 ``pop_amount``     how rare the amount is in the population (its tail probability as a z)
-``velocity``       Poisson tail of the number of transactions in the last hour / day, given
-                   the user's usual rate (as a z)
-``travel``         implied travel speed and distance from the user's usual area
+``velocity``       Poisson tail of the number of transactions in the last hour / 3 hours /
+                   day, given the user's usual rate (as a z)
+``travel``         a hop since the previous transaction that no airliner makes in the time
+                   (unless it lands back home: then the far one before was the odd one), and
+                   transactions still at the place of such a hop, far from home, within a day;
+                   a first transaction abroad in a category new to the user
 ``hst``            per-user Half-Space Trees (compact: shared structure, per-user masses) or
                    ``iforest``, the per-user online Isolation Forest (``TXWATCH_USER_MODEL``)
 ``population``     the shard's Half-Space Trees over the same features (cold start)
 ``anomaly``        the label-free score: the strongest surprisal above, each user-based one
-                   weighted by the user's maturity, the population's by the rest
+                   weighted by the user's maturity, the population's by the rest; a burst
+                   (velocity and behaviour together, Stouffer) counts as one surprisal
 ``supervised``     river logistic regression over the features, terminal risk and the
                    components, learnt only from delayed labels
 =================  =========================================================================
@@ -35,14 +39,18 @@ from typing import Any
 
 from operators.models import HistogramQuantile, HSTStructure, OnlineIsolationForest, P2Quantile
 from operators.scoring import Detector, ZScoreDetector
-from operators.user import UserState
+from operators.user import HOME_RADIUS_KM, UserState
 from txwatch.settings import Settings
 
-VERSION = "txw-1.0"
+VERSION = "txw-1.1"
 _ND = NormalDist()
 Z_MAX = 12.0
 AIRPORT_HOURS = 2.0
 AIRLINER_KMH = 800.0
+ABROAD_NEW_Z = 5.0
+"""Travel score of a first transaction abroad in a merchant category new to the user."""
+USER_Q_STEP = 0.5
+"""Most a score may exceed the threshold in force when it enters the user's running quantile."""
 
 # Fixed, documented limits of the model features (never a per-user min-max).
 LIMITS: dict[str, tuple[float, float]] = {
@@ -215,6 +223,7 @@ class TxwDetector:
         self._last_x: Any = None
         self._mf_f: Any = None
         self._mf_x: Any = None
+        self._travel: tuple[Any, float] = (None, 0.0)
 
     # ------------------------------------------------------------------------------------
     def _pop_amount_z(self, amount: float) -> float:
@@ -236,9 +245,16 @@ class TxwDetector:
         # velocity: this transaction and those before it in the window, vs the usual rate
         days = max(1.0, min(30.0, f["u_days"]))
         rate_d = max(f["u_cnt_30d"] / days, 0.5)
-        v1h = z_of_tail(poisson_tail(int(f["u_cnt_1h"]) + 1, rate_d / 24.0 * 2.0))
-        v1d = z_of_tail(poisson_tail(int(f["u_cnt_1d"]) + 1, rate_d * 1.5))
-        velocity = max(v1h, v1d) if n >= 5 else 0.0
+        # (factors above 1: traffic is denser by day than the daily mean says)
+        velocity = 0.0
+        if n >= 5:
+            # (no 10-minute window: people do make two or three purchases in a row, and it
+            # cost more on them than it found; card testing shows in `burst` below)
+            velocity = max(
+                z_of_tail(poisson_tail(int(f["u_cnt_1h"]) + 1, rate_d / 24.0 * 2.0)),
+                z_of_tail(poisson_tail(int(f["u_cnt_3h"]) + 1, rate_d / 8.0 * 1.7)),
+                z_of_tail(poisson_tail(int(f["u_cnt_1d"]) + 1, rate_d * 1.5)),
+            )
         # impossible travel: the hop since the previous transaction against the fastest
         # door-to-door trip (2 h of airports plus 800 km/h): a genuine traveller never beats it
         travel = 0.0
@@ -247,8 +263,21 @@ class TxwDetector:
             need_h = AIRPORT_HOURS + hop / AIRLINER_KMH
             took_h = max(f["secs_since_prev"], 60.0) / 3600.0
             ratio = need_h / took_h
-            if ratio > 1.0:
+            # back home after such a hop, the odd one was the far transaction before it
+            if ratio > 1.0 and f["dist_home_km"] > HOME_RADIUS_KM:
                 travel = min(Z_MAX, 3.0 + 4.0 * math.log2(ratio))
+        # still at the place of a flagged hop (same city, far from home, within a day): a
+        # takeover makes several transactions there, each looks like an ordinary trip
+        if (user.prev_travel and hop < 100.0 and f["dist_home_km"] > 2 * HOME_RADIUS_KM
+                and 0 <= f["secs_since_prev"] < 86_400.0):
+            travel = max(travel, user.prev_travel)
+        self._travel = (f, travel)
+        # far from home, in a country and a merchant category both new to the user: what a
+        # takeover from abroad looks like (a traveller mostly keeps to categories they know).
+        # Not carried on to the next transactions: most such trips are genuine.
+        if (n >= 5 and f["dist_home_km"] > 2 * HOME_RADIUS_KM and f["new_country"]
+                and f["new_category"]):
+            travel = max(travel, ABROAD_NEW_Z)
         # behaviour: how unusual the circumstances are for this user (Fisher's method over
         # the p-values of the gap since the previous transaction, a new terminal, a small
         # amount and the hour of day; distance is left to `travel`: people do travel)
@@ -269,7 +298,11 @@ class TxwDetector:
             own = self.user_model.score(user.model, x)
         pop = self.pop_model.score(self.pop_masses, x)
         pop_amount = self._pop_amount_z(f["amount"])
-        user_based = max(user_amount, velocity, behaviour, self.p.hst_weight * 10.0 * own)
+        # a burst: many transactions *and* unusual circumstances (seconds apart, new
+        # terminals, tiny amounts) are two pieces of evidence, combined as Stouffer's z
+        burst = (velocity + behaviour) / math.sqrt(2.0)
+        user_based = max(user_amount, velocity, behaviour, burst,
+                         self.p.hst_weight * 10.0 * own)
         anomaly = max(maturity * user_based + (1 - maturity) * self.p.hst_weight * 10.0 * pop,
                       self.p.pop_amount_weight * pop_amount, travel)
         return {
@@ -323,20 +356,31 @@ class TxwDetector:
             # on the z-like scale: p = 0.5 -> 2.5, 0.66 -> 3.5, 0.9 -> 5.8, 0.99 -> 9.4
             lg = math.log(max(p, 1e-12) / max(1.0 - p, 1e-12))
             final = 2.5 + 1.5 * lg
-        # adaptive threshold: the user's own running quantile, and the global budget
+        c["threshold"] = self.threshold(user)
+        return final, c
+
+    def threshold(self, user: UserState) -> float:
+        """The alert threshold in force for ``user``: the highest of the settings' threshold,
+        the user's own running quantile and the global budget's."""
         thr = self.p.threshold
         q = user.score_q
         if q is not None and q.count >= self.p.user_quantile_min_n:
             thr = max(thr, q.get())
         if self.budget_thr is not None:
             thr = max(thr, self.budget_thr)
-        c["threshold"] = thr
-        return final, c
+        return thr
 
     def learn(self, user: UserState, f: dict[str, float], score: float) -> None:
+        tf, travel = self._travel
+        user.prev_travel = travel if tf is f and travel >= self.p.threshold else 0.0
+        # the user's quantile takes at most USER_Q_STEP above the threshold in force: a burst
+        # of alerts (a spree, card testing) cannot lift its own bar; a user whose scores run
+        # high all the time still raises it, a step at a time
         if user.score_q is None:
             user.score_q = P2Quantile(self.p.user_quantile)
-        user.score_q.update(score)
+            user.score_q.update(score)
+        else:
+            user.score_q.update(min(score, self.threshold(user) + USER_Q_STEP))
         self.budget.update(max(score, 0.01))
         n = self.budget.n_updates
         if n >= 2_000 and n % 256 == 0:  # reading the histogram costs a cumsum: not per event

@@ -28,7 +28,9 @@ CODES: dict[str, str] = {
     "terminal_recent_fraud": "fraud confirmed at this terminal recently",
     "travel_speed": "implied travel speed since the previous transaction",
     "far_from_home": "distance from the user's usual area",
+    "velocity_10m": "a burst of transactions within minutes",
     "velocity_1h": "many transactions in the last hour",
+    "velocity_3h": "many transactions in the last three hours",
     "velocity_1d": "many transactions in the last day",
     "unusual_hour": "unusual hour of day for this user",
     "cold_start": "new user: judged against the population",
@@ -111,10 +113,20 @@ def _travel(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
 
 def _velocity(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
     out: list[Candidate] = []
+    n10m = f.get("u_cnt_10m", 0.0)
+    if n10m >= 2:
+        out.append((n10m / 1.5, Reason(
+            "velocity_10m", f"{n10m:.0f} earlier transactions in the last 10 minutes", n10m
+        )))
     n1h = f.get("u_cnt_1h", 0.0)
     if n1h >= 3:
         out.append((n1h / 2, Reason(
             "velocity_1h", f"{n1h:.0f} earlier transactions in the last hour", n1h
+        )))
+    n3h = f.get("u_cnt_3h", 0.0)
+    if n3h >= 5:
+        out.append((n3h / 3, Reason(
+            "velocity_3h", f"{n3h:.0f} earlier transactions in the last 3 hours", n3h
         )))
     n1d = f.get("u_cnt_1d", 0.0)
     usual = f.get("u_cnt_30d", 0.0) / 30

@@ -31,6 +31,10 @@ RECENT_MAX = 64
 """Most transactions kept for the 1-hour and 1-day windows."""
 BLOOM_BITS = 1024
 EARTH_KM = 6371.0
+HOME_RADIUS_KM = 300.0
+"""Transactions farther than this from the user's home do not move it (trips, takeovers)."""
+RELOCATE_DAYS = 30.0
+"""Days spent away from home (every transaction farther than the radius) before home moves."""
 
 
 @lru_cache(maxsize=65_536)
@@ -62,6 +66,7 @@ class UserState:
         "amt_mean",
         "days",
         "dist_mean",
+        "far_since",
         "first_ts",
         "home",
         "hours",
@@ -74,6 +79,7 @@ class UserState:
         "n_amounts",
         "n_new_terminal",
         "past_days",
+        "prev_travel",
         "recent",
         "score_q",
         "seen",
@@ -97,6 +103,8 @@ class UserState:
         self.seen = [0, 0, 0, 0]  # Bloom sets: terminal, merchant, category, country
         self.home: tuple[float, float, float] | None = None  # (lat, lon, weight)
         self.last_loc: tuple[float, float] | None = None
+        self.far_since = 0.0  # event time since when every transaction was far from home
+        self.prev_travel = 0.0  # travel score of the previous transaction if it was flagged
         self.hours = array("H", bytes(48))
         self.model: Any = None  # the per-user model's state (see operators.scoring)
         self.score_q: Any = None  # running quantile of this user's scores
@@ -128,16 +136,20 @@ class UserState:
         la = math.log1p(amount)
         f: dict[str, float] = {"amount": amount, "log_amount": la, "u_n": float(n),
                                "u_days": (ts - self.first_ts) / DAY if n else 0.0}
-        # windows: 1 h and 1 d from the recent list, 7 d and 30 d from day buckets
-        c1h = s1h = c1d = s1d = 0.0
+        # windows: 10 min to 1 d from the recent list, 7 d and 30 d from day buckets
+        c10m = c1h = s1h = c3h = c1d = s1d = 0.0
         for t, a in self.recent:
             dt = ts - t
             if dt < DAY:
                 c1d += 1
                 s1d += a
-                if dt < HOUR:
-                    c1h += 1
-                    s1h += a
+                if dt < 3 * HOUR:
+                    c3h += 1
+                    if dt < HOUR:
+                        c1h += 1
+                        s1h += a
+                        if dt < 600.0:
+                            c10m += 1
         today = int(ts // DAY)
         past = self.past_days
         if past is None or past[0] != today:
@@ -154,7 +166,9 @@ class UserState:
         cur = self.days.get(today)
         cc, cs = (cur[0], cur[1]) if cur else (0.0, 0.0)
         c7, s7, c30, s30 = past[1] + cc, past[2] + cs, past[3] + cc, past[4] + cs
+        f["u_cnt_10m"] = c10m
         f["u_cnt_1h"], f["u_sum_1h"] = c1h, s1h
+        f["u_cnt_3h"] = c3h
         f["u_cnt_1d"], f["u_sum_1d"] = c1d, s1d
         f["u_cnt_7d"], f["u_sum_7d"] = c7, s7
         f["u_cnt_30d"], f["u_sum_30d"] = c30, s30
@@ -288,8 +302,19 @@ class UserState:
                 if not protect:  # typical distance from home (running mean, then slow)
                     self.dist_mean += (d - self.dist_mean) / min(self.n, 50)
                 hl, ho, w = self.home
-                w2 = min(w + 1.0, 50.0)  # running mean, then a slow moving average
-                self.home = (hl + (lat - hl) / w2, ho + (lon - ho) / w2, w2)
+                if d <= HOME_RADIUS_KM or w < 3.0:
+                    # a local transaction: running mean, then a slow moving average. Far ones
+                    # (a trip, a takeover) never drag home towards them (a mean of Brussels
+                    # and Mexico City is in the Atlantic)...
+                    w2 = min(w + 1.0, 50.0)
+                    self.home = (hl + (lat - hl) / w2, ho + (lon - ho) / w2, w2)
+                    self.far_since = 0.0
+                elif not self.far_since:
+                    self.far_since = ts
+                elif ts - self.far_since > RELOCATE_DAYS * DAY:
+                    # ...unless the user has lived there for a month: they moved
+                    self.home = (lat, lon, 1.0)
+                    self.far_since = 0.0
             self.last_loc = (lat, lon)
         hour = local_hour if local_hour is not None else int(ts // HOUR) % 24
         if self.hours[hour] >= 60000:

@@ -3,6 +3,7 @@ eviction and snapshot/restore — on the real operators, driven by bytewax.testi
 
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from operators.ordering import Watermark
 from operators.parse import TxnParser
 from operators.records import Decision, Label
 from operators.stages import IncompatibleSnapshot, UserStage
+from operators.user import UserState
 from producer.config import SimConfig
 from producer.simulator import iter_transactions
 from txwatch.commands.replay import replay_settings, run_replay
@@ -179,3 +181,92 @@ def test_incompatible_snapshot_is_refused_with_instructions():
     snap["version"] = 0
     with pytest.raises(IncompatibleSnapshot, match="Warm start"):
         UserStage("u0", cfg, pickle.dumps(snap))
+
+
+# --- per-user behaviour: takeover from abroad, bursts, the user's own threshold -------------
+MEX = {"lat": 19.43, "lon": -99.13, "country": "MX"}
+HOME = {"lat": 50.85, "lon": 4.35, "country": "BE"}
+
+
+def _at(user: str, tid: str, when: datetime, where: dict, amount: float = 42.0,
+        category: str = "5411", terminal: str = "T1"):
+    return txn(tid, user, amount, when, terminal_id=terminal, merchant_category=category,
+               **where)
+
+
+def test_takeover_abroad_flags_every_far_transaction_and_not_the_way_back_home():
+    items = [_at("hugo", f"h{i}", T0 + i * timedelta(hours=9), HOME) for i in range(40)]
+    t = T0 + 40 * timedelta(hours=9)
+    items += [
+        _at("hugo", "home-1", t, HOME),
+        # 30 minutes later in Mexico City: no airliner makes that
+        _at("hugo", "mex-1", t + timedelta(minutes=30), MEX, terminal="TM1"),
+        # still there 10 minutes later: an ordinary-looking transaction at the same place
+        _at("hugo", "mex-2", t + timedelta(minutes=40), MEX, terminal="TM2"),
+        # the customer, at home, an hour later: the impossible hop is theirs, not their fault
+        _at("hugo", "home-2", t + timedelta(minutes=100), HOME),
+    ]
+    out = run_items(items)
+    m1, m2, h2 = out["mex-1"], out["mex-2"], out["home-2"]
+    assert m1.is_alert and m1.components["travel"] >= 10
+    assert "travel_speed" in {r.code for r in m1.reasons}
+    assert m2.features["hop_km"] < 100 and m2.features["dist_home_km"] > 9000
+    assert m2.is_alert and m2.components["travel"] == m1.components["travel"]
+    assert "far_from_home" in {r.code for r in m2.reasons}
+    # home stayed home (far transactions do not drag it) and the way back is not a travel alert
+    assert h2.features["dist_home_km"] < 10 and h2.features["speed_kmh"] > 1000
+    assert h2.components["travel"] == 0.0 and not h2.is_alert
+
+
+def test_first_transaction_abroad_in_a_new_category():
+    items = [_at("ines", f"i{i}", T0 + i * timedelta(hours=9), HOME) for i in range(40)]
+    t = T0 + 42 * timedelta(hours=9)  # 18 hours after the last one: a flight is possible
+    known = run_items([*items, _at("ines", "abroad", t, MEX, category="5411")])["abroad"]
+    new = run_items([*items, _at("ines", "abroad", t, MEX, category="7995")])["abroad"]
+    assert known.features["new_country"] == new.features["new_country"] == 1.0
+    assert known.components["travel"] == 0.0
+    assert new.components["travel"] == pytest.approx(5.0) and new.is_alert
+
+
+def test_bursts_are_explained_by_their_window():
+    items = [_at("jo", f"j{i}", T0 + i * timedelta(hours=11), HOME) for i in range(40)]
+    t = T0 + 41 * timedelta(hours=11)
+    # card testing: small amounts seconds apart
+    burst = [_at("jo", f"b{k}", t + timedelta(seconds=40 * k), HOME, amount=1.0 + k,
+                 terminal="TT") for k in range(5)]
+    # a spree: a transaction every 25 minutes for three hours, ordinary amounts
+    spree = [_at("jo", f"s{k}", t + timedelta(days=3, minutes=25 * k), HOME)
+             for k in range(8)]
+    out = run_items([*items, *burst, *spree])
+    assert "velocity_10m" in {r.code for r in out["b4"].reasons} and out["b4"].is_alert
+    assert out["b4"].features["u_cnt_10m"] == 4
+    last = out["s7"]
+    assert last.features["u_cnt_3h"] == 7 and last.features["u_cnt_1h"] == 2
+    assert last.is_alert and "velocity_3h" in {r.code for r in last.reasons}
+
+
+def test_a_burst_of_alerts_does_not_lift_the_users_own_threshold():
+    items = [_at("kim", f"k{i}", T0 + i * timedelta(hours=6), HOME) for i in range(120)]
+    t = T0 + 121 * timedelta(hours=6)
+    spree = [_at("kim", f"s{k}", t + timedelta(minutes=6 * k), HOME) for k in range(20)]
+    out = run_items([*items, *spree])
+    dec = [out[f"s{k}"] for k in range(20)]
+    for a, b in itertools.pairwise(dec):
+        assert b.threshold <= a.threshold + 0.5 + 1e-9  # at most one step per alert
+    assert sum(d.is_alert for d in dec) >= 16
+
+
+def test_home_moves_only_after_a_month_away():
+    u = UserState()
+    day = 86_400.0
+    for i in range(40):
+        u.learn(i * day / 3, 40.0, **{k: v for k, v in HOME.items() if k != "country"})
+    start = 40 * day / 3
+    for d in range(35):
+        ts = start + d * day
+        f = u.features(ts, 40.0, lat=MEX["lat"], lon=MEX["lon"])
+        if d <= 29:
+            assert f["dist_home_km"] > 9000, d  # a long trip: home stays home
+        u.learn(ts, 40.0, lat=MEX["lat"], lon=MEX["lon"], dist_home=f["dist_home_km"])
+    assert u.features(start + 35 * day, 40.0, lat=MEX["lat"], lon=MEX["lon"])[
+        "dist_home_km"] < 10  # after a month away, they live there now
