@@ -162,8 +162,35 @@ RULES: tuple[Callable[[dict[str, float], dict[str, float]], list[Candidate]], ..
 )
 
 
+_COMPONENT_WORDS = {
+    "velocity": "pace",
+    "behaviour": "timing, terminal, amount, hour",
+    "user_amount": "amount",
+    "pop_amount": "amount for the population",
+    "travel": "location",
+}
+"""The z-like components, in words, for an alert that no single factor explains."""
+
+
+def _combined(components: dict[str, float]) -> Reason | None:
+    top = sorted(((v, k) for k, v in components.items() if k in _COMPONENT_WORDS and v > 0),
+                 reverse=True)[:2]
+    if not top:
+        return None
+    text = "unusual for this user: " + ", ".join(
+        f"{_COMPONENT_WORDS[k]} (z {v:.1f})" for v, k in top)
+    return Reason("anomaly_model", text, components.get("anomaly", top[0][0]))
+
+
 def explain(features: dict[str, float], components: dict[str, float]) -> list[Reason]:
-    """The most salient reasons, most salient first (at most :data:`MAX_REASONS`)."""
+    """The most salient reasons, most salient first (at most :data:`MAX_REASONS`). An alert
+    that no single factor explains (several moderate ones together) gets ``anomaly_model``
+    with the strongest components:
+
+    >>> [r] = explain({"u_n": 40}, {"velocity": 2.7, "behaviour": 2.9})
+    >>> r.code, r.text
+    ('anomaly_model', 'unusual for this user: timing, terminal, amount, hour (z 2.9), pace (z 2.7)')
+    """
     cands: list[Candidate] = []
     for rule in RULES:
         cands.extend(rule(features, components))
@@ -177,4 +204,8 @@ def explain(features: dict[str, float], components: dict[str, float]) -> list[Re
         out.append(r)
         if len(out) == MAX_REASONS:
             break
+    if not out:
+        r = _combined(components)
+        if r is not None:
+            out.append(r)
     return out

@@ -74,6 +74,8 @@ def test_same_scores_with_1_and_4_workers_and_across_runs(sim_file, tmp_path):
     assert all(sa[k] == sb[k] for k in sa), "1 and 4 workers disagree"
     assert sa == sc, "two runs on the same input disagree"
     assert len({round(v, 6) for v in sa.values()}) > 100  # scores actually vary
+    alerts = [json.loads(x) for x in a.open() if json.loads(x)["alert"]]
+    assert alerts and all(d["reasons"] for d in alerts), "an alert without a reason"
 
 
 def test_no_label_leakage(sim_file, tmp_path):
