@@ -13,6 +13,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from txwatch.embedded import flow_env as embedded_flow_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -70,17 +72,9 @@ def flow_env(brokers: str, dsn: str, topics: dict[str, str], **extra: str) -> di
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("TXWATCH_") and k != "BYTEWAX_DATAFLOW_API_ENABLED"}
     env.update(
-        TXWATCH_KAFKA_BROKERS=brokers,
-        TXWATCH_DATABASE_URL=dsn,
-        TXWATCH_TRANSACTIONS_TOPIC=topics["transactions"],
-        TXWATCH_LABELS_TOPIC=topics["labels"],
-        TXWATCH_CONTROLS_TOPIC=topics["controls"],
-        TXWATCH_DLQ_TOPIC=topics["dlq"],
-        TXWATCH_DECISIONS_TOPIC=topics["decisions"],
-        TXWATCH_KAFKA_TAIL="false",
+        embedded_flow_env(brokers, dsn, topics),
         TXWATCH_LATENESS_SECONDS="100000000",
         TXWATCH_MAX_HOLD_SECONDS="1000000000",
-        TXWATCH_METRICS_PORT="0",
     )
     env.update(extra)
     return env

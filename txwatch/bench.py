@@ -396,17 +396,11 @@ class Bench:
     def env(self, topics: dict[str, str], dsn: str, **extra: str) -> dict[str, str]:
         """The processes' environment: this one's settings (the detection configuration),
         pointed at the bench's broker, topics and database, reading from the beginning."""
+        from txwatch.embedded import flow_env
+
         env = dict(os.environ)
         env.update(
-            TXWATCH_KAFKA_BROKERS=self.broker.brokers,
-            TXWATCH_DATABASE_URL=dsn,
-            TXWATCH_TRANSACTIONS_TOPIC=topics["transactions"],
-            TXWATCH_LABELS_TOPIC=topics["labels"],
-            TXWATCH_CONTROLS_TOPIC=topics["controls"],
-            TXWATCH_DLQ_TOPIC=topics["dlq"],
-            TXWATCH_DECISIONS_TOPIC=topics["decisions"],
-            TXWATCH_KAFKA_TAIL="false",
-            TXWATCH_METRICS_PORT="0",
+            flow_env(self.broker.brokers, dsn, topics),
             PYTHONPATH=os.pathsep.join(x for x in (str(ROOT), env.get("PYTHONPATH")) if x),
         )
         env.pop("TXWATCH_RECOVERY_DIR", None)  # no recovery: throughput without snapshots

@@ -108,6 +108,28 @@ class EmbeddedBroker:
         self.stop()
 
 
+def flow_env(brokers: str, dsn: str, topics: dict[str, str]) -> dict[str, str]:
+    """The ``TXWATCH_*`` variables that point a flow process at these brokers, this database
+    and these topics (keys ``transactions``, ``labels``, ``controls``, ``dlq``, ``decisions``),
+    reading each topic to its end, with its metrics on a free port.
+
+    >>> flow_env("127.0.0.1:9092", "postgresql:///x", dict.fromkeys(
+    ...     ("transactions", "labels", "controls", "dlq", "decisions"), "t"))["TXWATCH_KAFKA_TAIL"]
+    'false'
+    """
+    return {
+        "TXWATCH_KAFKA_BROKERS": brokers,
+        "TXWATCH_DATABASE_URL": dsn,
+        "TXWATCH_TRANSACTIONS_TOPIC": topics["transactions"],
+        "TXWATCH_LABELS_TOPIC": topics["labels"],
+        "TXWATCH_CONTROLS_TOPIC": topics["controls"],
+        "TXWATCH_DLQ_TOPIC": topics["dlq"],
+        "TXWATCH_DECISIONS_TOPIC": topics["decisions"],
+        "TXWATCH_KAFKA_TAIL": "false",
+        "TXWATCH_METRICS_PORT": "0",
+    }
+
+
 def create_topics(brokers: str, topics: Iterable[str], partitions: int = 4,
                   config: dict[str, str] | None = None) -> None:
     """Create topics that do not exist yet (idempotent)."""
