@@ -26,6 +26,7 @@ CODES: dict[str, str] = {
     "new_country": "first transaction in this country",
     "terminal_risk": "share of known fraud at this terminal",
     "terminal_recent_fraud": "fraud confirmed at this terminal recently",
+    "terminal_fraud_run": "the terminal's latest labelled transactions were all fraud",
     "travel_speed": "implied travel speed since the previous transaction",
     "far_from_home": "distance from the user's usual area",
     "velocity_10m": "a burst of transactions within minutes",
@@ -89,6 +90,12 @@ def _terminal(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
                 "terminal_risk", f"terminal fraud risk {100 * risk:.0f} % over {w} days", risk
             )))
             break
+    run = f.get("term_fraud_run", 0.0)
+    if run >= 2:
+        out.append((2.0 + run, Reason(
+            "terminal_fraud_run",
+            f"the terminal's last {run:.0f} labelled transactions were fraud", run
+        )))
     age = f.get("term_days_since_fraud", 60.0)
     if age < 30:
         out.append((3.0 - age / 15, Reason(

@@ -36,7 +36,7 @@ from operators.terminal import TerminalState
 from operators.user import UserState
 from txwatch.metrics import child, get_metrics
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 """Layout version of the stages' snapshots. A release that changes the layout bumps it; an
 older snapshot is refused with instructions for a warm start (see README, Recovery)."""
 

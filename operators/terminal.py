@@ -18,6 +18,7 @@ days before it, as in the handbook's features.
 
 from __future__ import annotations
 
+from bisect import insort
 from dataclasses import dataclass, field
 
 DAY = 86_400.0
@@ -25,7 +26,9 @@ HORIZON_DAYS = 31
 WINDOWS = (1, 7, 30)
 NO_FRAUD_DAYS = 60.0
 EPISODE_GAP_DAYS = 7.0
-"""Value of ``term_days_since_fraud`` when no fraud is known at the terminal."""
+LAST_LABELS = 5
+"""How many of the terminal's latest labelled transactions are kept (see
+``term_last3_frauds`` and ``term_fraud_run``)."""
 
 
 @dataclass(slots=True)
@@ -40,6 +43,10 @@ class TerminalState:
     no more than ``EPISODE_GAP_DAYS`` apart)."""
     label_days: dict[int, list[int]] = field(default_factory=dict)
     """``label day -> [labels, frauds]`` for labels received in the last days."""
+    last_labels: list[tuple[float, bool]] = field(default_factory=list)
+    """The ``LAST_LABELS`` labelled transactions latest in transaction time: ``(ts, fraud)``.
+    A terminal sees about one transaction a day, so day-bucket ratios are mostly empty or
+    0/1; the last few labels say whether it is being used by fraudsters *now*."""
     _past: tuple[int, tuple[int, ...]] | None = None
     """Cache: (day, window sums of the days before it); reset when a label changes them."""
 
@@ -81,6 +88,14 @@ class TerminalState:
             out["term_episode_days"] = max(0.0, (ts - self.episode_start) / DAY)
         else:
             out["term_episode_days"] = NO_FRAUD_DAYS
+        last = self.last_labels
+        out["term_last3_frauds"] = float(sum(1 for _, fr in last[-3:] if fr))
+        run = 0
+        for _, fr in reversed(last):
+            if not fr:
+                break
+            run += 1
+        out["term_fraud_run"] = float(run)
         if self.last_fraud_ts is None:
             out["term_days_since_fraud"] = NO_FRAUD_DAYS
         else:
@@ -121,6 +136,9 @@ class TerminalState:
                     del self.label_days[old]
             lb[0] += 1
             lb[1] += 1 if is_fraud else 0
+        insort(self.last_labels, (txn_ts, is_fraud))
+        if len(self.last_labels) > LAST_LABELS:
+            del self.last_labels[0]
         if is_fraud:
             b[2] += 1
             gap = EPISODE_GAP_DAYS * DAY
@@ -134,6 +152,10 @@ class TerminalState:
 
     def remove_label(self, txn_ts: float, was_fraud: bool) -> None:
         self._past = None
+        try:
+            self.last_labels.remove((txn_ts, was_fraud))
+        except ValueError:
+            pass  # no longer among the latest
         b = self.days.get(int(txn_ts // DAY))
         if b is None:
             return

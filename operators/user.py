@@ -61,6 +61,7 @@ class UserState:
     """Everything txwatch remembers about one user (models' state included by the scorer)."""
 
     __slots__ = (
+        "abroad_trip",
         "amounts",
         "amt_m2",
         "amt_mean",
@@ -105,6 +106,7 @@ class UserState:
         self.last_loc: tuple[float, float] | None = None
         self.far_since = 0.0  # event time since when every transaction was far from home
         self.prev_travel = 0.0  # travel score of the previous transaction if it was flagged
+        self.abroad_trip = False  # on a trip far from home that looked like a takeover
         self.hours = array("H", bytes(48))
         self.model: Any = None  # the per-user model's state (see operators.scoring)
         self.score_q: Any = None  # running quantile of this user's scores

@@ -230,6 +230,31 @@ def test_first_transaction_abroad_in_a_new_category():
     assert new.components["travel"] == pytest.approx(5.0) and new.is_alert
 
 
+def test_on_a_trip_that_began_like_a_takeover_each_new_category_is_flagged():
+    items = [_at("lea", f"l{i}", T0 + i * timedelta(hours=9), HOME) for i in range(40)]
+    t = T0 + 42 * timedelta(hours=9)  # a flight is possible: no impossible hop
+    trip = [
+        _at("lea", "mx-new", t, MEX, category="7995", terminal="TM1"),  # new country and category
+        _at("lea", "mx-cat", t + timedelta(minutes=30), MEX, category="5944", terminal="TM2"),
+        _at("lea", "mx-known", t + timedelta(minutes=60), MEX, category="5411", terminal="TM3"),
+        _at("lea", "mx-cat2", t + timedelta(minutes=90), MEX, category="4829", terminal="TM4"),
+    ]
+    out = run_items([*items, *trip])
+    assert out["mx-new"].components["travel"] == pytest.approx(5.0)
+    # the same place, another category the customer never used: the same suspicion
+    assert out["mx-cat"].features["new_country"] == 0.0
+    assert out["mx-cat"].components["travel"] == pytest.approx(5.0) and out["mx-cat"].is_alert
+    # a category the customer knows is what a traveller does: not carried on
+    assert out["mx-known"].components["travel"] == 0.0
+    # the trip is still marked after it
+    assert out["mx-cat2"].components["travel"] == pytest.approx(5.0)
+    # a trip that began with a known category is an ordinary trip
+    calm = [_at("lea", "mx-a", t, MEX, category="5411", terminal="TM1"),
+            _at("lea", "mx-b", t + timedelta(minutes=30), MEX, category="5944", terminal="TM2")]
+    out = run_items([*items, *calm])
+    assert out["mx-b"].components["travel"] == 0.0
+
+
 def test_bursts_are_explained_by_their_window():
     items = [_at("jo", f"j{i}", T0 + i * timedelta(hours=11), HOME) for i in range(40)]
     t = T0 + 41 * timedelta(hours=11)

@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     label_horizon_seconds: float = 14 * 86_400.0
     """TXWATCH_LABEL_HORIZON_SECONDS: how long a scored transaction's supervised inputs wait
     for its label; labels later than this still feed terminal risk, not the model."""
-    alert_budget_per_1000: float = 5.0
+    alert_budget_per_1000: float = 6.5
     """TXWATCH_ALERT_BUDGET_PER_1000: ceiling on alerts per 1,000 transactions."""
 
     # --- Metrics, logs, recovery ---------------------------------------------------------------
