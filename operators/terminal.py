@@ -19,6 +19,7 @@ days before it, as in the handbook's features.
 from __future__ import annotations
 
 from bisect import insort
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 DAY = 86_400.0
@@ -152,10 +153,8 @@ class TerminalState:
 
     def remove_label(self, txn_ts: float, was_fraud: bool) -> None:
         self._past = None
-        try:
+        with suppress(ValueError):  # unless no longer among the latest
             self.last_labels.remove((txn_ts, was_fraud))
-        except ValueError:
-            pass  # no longer among the latest
         b = self.days.get(int(txn_ts // DAY))
         if b is None:
             return
