@@ -251,11 +251,12 @@ class TxwDetector:
         if n >= 5:
             # (no 10-minute window: people do make two or three purchases in a row, and it
             # cost more on them than it found; card testing shows in `burst` below)
-            velocity = max(
-                z_of_tail(poisson_tail(int(f["u_cnt_1h"]) + 1, rate_d / 24.0 * 2.0)),
-                z_of_tail(poisson_tail(int(f["u_cnt_3h"]) + 1, rate_d / 8.0 * 1.7)),
-                z_of_tail(poisson_tail(int(f["u_cnt_1d"]) + 1, rate_d * 1.5)),
-            )
+            # (the largest z is the z of the smallest tail: one inverse normal, not three)
+            velocity = z_of_tail(min(
+                poisson_tail(int(f["u_cnt_1h"]) + 1, rate_d / 24.0 * 2.0),
+                poisson_tail(int(f["u_cnt_3h"]) + 1, rate_d / 8.0 * 1.7),
+                poisson_tail(int(f["u_cnt_1d"]) + 1, rate_d * 1.5),
+            ))
         # impossible travel: the hop since the previous transaction against the fastest
         # door-to-door trip (2 h of airports plus 800 km/h): a genuine traveller never beats it
         travel = 0.0
