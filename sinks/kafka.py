@@ -67,6 +67,11 @@ def decision_message(d: Decision) -> KafkaSinkMessage[bytes, bytes]:
     return KafkaSinkMessage(key=d.txn.user_id.encode(), value=orjson.dumps(decision_json(d)))
 
 
+def decision_messages(kds: list[tuple[str, Decision]]) -> list[KafkaSinkMessage[bytes, bytes]]:
+    """The messages of a batch of ``(user shard, Decision)`` items."""
+    return [decision_message(d) for _, d in kds]
+
+
 def kafka_sink(settings: Settings, topic: str) -> KafkaSink:
     cfg = settings.kafka_config()
     brokers = cfg.pop("bootstrap.servers").split(",")
