@@ -108,6 +108,19 @@ class _ProcessState:
     users: dict[str, int] = {}  # noqa: RUF012 - process-wide on purpose
     terminals: dict[str, int] = {}  # noqa: RUF012
     bytes: dict[tuple[str, str], int] = {}  # noqa: RUF012
+    bytes_at: dict[tuple[str, str], float] = {}  # noqa: RUF012
+    BYTES_EVERY = 10.0
+    """Wall-clock seconds between two size estimates of a shard (each pickles a sample)."""
+
+    @classmethod
+    def bytes_due(cls, stage: str, key: str) -> bool:
+        """Whether the shard's size is due for a new estimate (always true the first time)."""
+        now = time.monotonic()
+        last = cls.bytes_at.get((stage, key))
+        if last is not None and now - last < cls.BYTES_EVERY:
+            return False
+        cls.bytes_at[(stage, key)] = now
+        return True
 
     @classmethod
     def report(cls, stage: str, key: str, count: int, nbytes: int | None) -> None:
@@ -280,12 +293,13 @@ class _OrderedStage(StatefulBatchLogic[Any, Any, bytes]):
         buf = self.buf
         process = self._take
         now: float | None = None
+        last_wm: Watermark | None = None
         for value in values:
             wm = self._watermark_of(value)
             if wm is not None:
                 for it in buf.advance(wm.origin, wm.ts, wm.origins):
                     process(it, out)
-                self._on_watermark(wm, out)
+                last_wm = wm
                 continue
             key = self._sort_key(value)
             if key is None:  # not ordered (controls)
@@ -297,6 +311,10 @@ class _OrderedStage(StatefulBatchLogic[Any, Any, bytes]):
                 if now is None:
                     now = _now()
                 buf.push(key, value, now)
+        if last_wm is not None:
+            # one watermark out per batch, after everything it covers: the ones between
+            # would only make the next stage release the same items in more steps
+            self._on_watermark(last_wm, out)
         self.bm.flush(self.stage)
         return out, StatefulBatchLogic.RETAIN
 
@@ -430,8 +448,9 @@ class TerminalStage(_OrderedStage):
             self.sent_wm = w
             self._n_wm += 1
             if self._n_wm % 64 == 1:
-                _ProcessState.report("terminal", self.key, len(self.terminals),
-                                     estimate_bytes(self.terminals))
+                size = (estimate_bytes(self.terminals)
+                        if _ProcessState.bytes_due("terminal", self.key) else None)
+                _ProcessState.report("terminal", self.key, len(self.terminals), size)
             out.append(("w", Watermark(self.key, w, self.cfg.terminal_shards)))
 
     def snapshot(self) -> bytes:
@@ -610,7 +629,8 @@ class UserStage(_OrderedStage):
                 break
             pending.popitem(last=False)
         self.snoozes = {k: v for k, v in self.snoozes.items() if v > now}
-        _ProcessState.report("user", self.key, len(self.users), estimate_bytes(self.users))
+        size = estimate_bytes(self.users) if _ProcessState.bytes_due("user", self.key) else None
+        _ProcessState.report("user", self.key, len(self.users), size)
 
     def snapshot(self) -> bytes:
         if not self.cfg.snapshots:

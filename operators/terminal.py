@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 DAY = 86_400.0
 HORIZON_DAYS = 31
 WINDOWS = (1, 7, 30)
+"""Terminal windows in days (unrolled in :meth:`TerminalState.features`)."""
 NO_FRAUD_DAYS = 60.0
 EPISODE_GAP_DAYS = 7.0
 """Value of ``term_days_since_fraud`` when no fraud is known at the terminal."""
@@ -60,18 +61,31 @@ class TerminalState:
                         fr += b[2]
                 sums += (n, lab, fr)
             past = self._past = (today, tuple(sums))
-        cur = days.get(today) or (0, 0, 0)
-        for i, w in enumerate(WINDOWS):
-            n = past[1][3 * i] + cur[0]
-            lab = past[1][3 * i + 1] + cur[1]
-            fr = past[1][3 * i + 2] + cur[2]
-            out[f"term_n_{w}d"] = float(n)
-            out[f"term_risk_{w}d"] = fr / n if n else 0.0
-            if w == 30:
-                out["term_lab_risk_30d"] = fr / lab if lab else 0.0
-        recent = [self.label_days.get(d) for d in (today - 1, today)]
-        labs = sum(b[0] for b in recent if b)
-        out["term_recent_lab_risk"] = sum(b[1] for b in recent if b) / labs if labs else 0.0
+        # the windows of WINDOWS (1, 7, 30 days), unrolled: the current day plus the cached
+        # sums of the days before it
+        p = past[1]
+        cur = days.get(today)
+        c0, c1, c2 = cur if cur is not None else (0, 0, 0)
+        n = p[0] + c0
+        out["term_n_1d"] = float(n)
+        out["term_risk_1d"] = (p[2] + c2) / n if n else 0.0
+        n = p[3] + c0
+        out["term_n_7d"] = float(n)
+        out["term_risk_7d"] = (p[5] + c2) / n if n else 0.0
+        n = p[6] + c0
+        fr = p[8] + c2
+        lab = p[7] + c1
+        out["term_n_30d"] = float(n)
+        out["term_risk_30d"] = fr / n if n else 0.0
+        out["term_lab_risk_30d"] = fr / lab if lab else 0.0
+        labs = frauds = 0
+        ld = self.label_days
+        if ld:
+            for b in (ld.get(today - 1), ld.get(today)):
+                if b:
+                    labs += b[0]
+                    frauds += b[1]
+        out["term_recent_lab_risk"] = frauds / labs if labs else 0.0
         out["term_recent_labels"] = float(labs)
         if (
             self.episode_start is not None
