@@ -153,8 +153,8 @@ class _BatchMetrics:
     """Per-decision metrics counted in plain numbers during a batch and handed to the
     Prometheus objects once at its end (one lock per metric and batch, not per event)."""
 
-    __slots__ = ("alerts", "cold", "dups", "late", "latencies", "reasons", "scores",
-                 "severities")
+    __slots__ = ("alerts", "cold", "dups", "label_lags", "labelled_alerts", "labels", "late",
+                 "latencies", "reasons", "scores", "severities")
 
     def __init__(self) -> None:
         self.scores: list[float] = []
@@ -162,6 +162,9 @@ class _BatchMetrics:
         self.severities: dict[str, int] = {}
         self.alerts: dict[str, int] = {}
         self.reasons: dict[str, int] = {}
+        self.labels: dict[str, int] = {}
+        self.label_lags: list[float] = []
+        self.labelled_alerts: dict[str, int] = {}
         self.cold = 0
         self.dups = 0
         self.late = 0
@@ -189,6 +192,16 @@ class _BatchMetrics:
         if self.dups:
             child(m.consumed, "duplicate").inc(self.dups)
             self.dups = 0
+        if self.labels:
+            for label, k in self.labels.items():
+                child(m.labels_received, label).inc(k)
+            observe_all(m.label_lag, self.label_lags)
+            self.labels = {}
+            self.label_lags = []
+        if self.labelled_alerts:
+            for label, k in self.labelled_alerts.items():
+                child(m.labelled_alerts, label).inc(k)
+            self.labelled_alerts = {}
         if not self.scores:
             return
         n = len(self.scores)
@@ -425,9 +438,9 @@ class TerminalStage(_OrderedStage):
         out.append(("t", item, feats))
 
     def _label(self, item: Label) -> None:
-        m = get_metrics()
-        child(m.labels_received, item.label).inc()
-        m.label_lag.observe(max(0.0, item.label_ts - item.txn_ts))
+        bm = self.bm
+        bm.labels[item.label] = bm.labels.get(item.label, 0) + 1
+        bm.label_lags.append(max(0.0, item.label_ts - item.txn_ts))
         tid = item.terminal_id or ""
         term = self.terminals.get(tid)
         if term is None:
@@ -609,7 +622,8 @@ class UserStage(_OrderedStage):
         if p.kept is not None:
             self.detector.learn_label(p.kept, lb.is_fraud)
         if p.alerted:
-            child(get_metrics().labelled_alerts, lb.label).inc()
+            la = self.bm.labelled_alerts
+            la[lb.label] = la.get(lb.label, 0) + 1
 
     def _evict(self, now: float) -> None:
         self.last_evict = now
