@@ -28,6 +28,7 @@ from typing import Any
 
 from bytewax.operators import StatefulBatchLogic
 
+from operators import heap
 from operators.decision import decide_severity
 from operators.ordering import EventTimeBuffer, Watermark
 from operators.reasons import explain
@@ -329,6 +330,7 @@ class _OrderedStage(StatefulBatchLogic[Any, Any, bytes]):
             # would only make the next stage release the same items in more steps
             self._on_watermark(last_wm, out)
         self.bm.flush(self.stage)
+        heap.tick()
         return out, StatefulBatchLogic.RETAIN
 
     def on_item(self, value: Any) -> tuple[Iterable[Any], bool]:

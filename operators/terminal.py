@@ -50,17 +50,7 @@ class TerminalState:
         days = self.days
         past = self._past
         if past is None or past[0] != today:
-            sums: list[int] = []
-            for w in WINDOWS:
-                n = lab = fr = 0
-                for d in range(today - w + 1, today):
-                    b = days.get(d)
-                    if b is not None:
-                        n += b[0]
-                        lab += b[1]
-                        fr += b[2]
-                sums += (n, lab, fr)
-            past = self._past = (today, tuple(sums))
+            past = self._past = (today, _past_sums(days, today, past))
         # the windows of WINDOWS (1, 7, 30 days), unrolled: the current day plus the cached
         # sums of the days before it
         p = past[1]
@@ -157,8 +147,49 @@ class TerminalState:
 
     def _prune(self, today: int) -> None:
         if len(self.days) > HORIZON_DAYS + 8:
+            self._past = None  # (only days outside every window go, but never rely on it)
             for d in [d for d in self.days if d <= today - HORIZON_DAYS]:
                 del self.days[d]
 
     def idle_since(self, ts: float) -> float:
         return ts - self.last_seen
+
+
+def _past_sums(days: dict[int, list[int]], today: int,
+               prev: tuple[int, tuple[int, ...]] | None) -> tuple[int, ...]:
+    """``(transactions, labelled, frauds)`` of each window's days before ``today``.
+
+    From the sums cached for an earlier day when there are some (the days that left each
+    window subtracted, those that entered added: integers, so exactly the full sums), else
+    by summing the window. The cache is only kept while no bucket inside it changes (a
+    label or a late transaction drops it), and a new bucket prunes only days older than
+    every window.
+    """
+    sums: list[int] = []
+    for i, w in enumerate(WINDOWS):
+        lo = today - w + 1
+        if prev is not None and prev[0] < today and today - prev[0] < w:
+            old = prev[0]
+            n, lab, fr = prev[1][3 * i : 3 * i + 3]
+            for d in range(old - w + 1, lo):  # left the window
+                b = days.get(d)
+                if b is not None:
+                    n -= b[0]
+                    lab -= b[1]
+                    fr -= b[2]
+            for d in range(old, today):  # entered it
+                b = days.get(d)
+                if b is not None:
+                    n += b[0]
+                    lab += b[1]
+                    fr += b[2]
+        else:
+            n = lab = fr = 0
+            for d in range(lo, today):
+                b = days.get(d)
+                if b is not None:
+                    n += b[0]
+                    lab += b[1]
+                    fr += b[2]
+        sums += (n, lab, fr)
+    return tuple(sums)
