@@ -93,7 +93,7 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     """The txwatch dataflow. With no ``io``, it reads Kafka and writes PostgreSQL and Kafka
     as configured in ``settings``."""
     from dataflow.sources import ControlSource, LabelSource, TransactionSource
-    from sinks.kafka import dead_letter_message, decision_messages, kafka_sink
+    from sinks.kafka import DecisionSink, dead_letter_message, decision_messages, kafka_sink
     from sinks.postgres import AlertSink
 
     io = io or FlowIO()
@@ -205,7 +205,8 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
                   io.decisions)
     elif settings.publish_decisions:
         msgs = op.flat_map_batch("decision_msg", decisions, decision_messages)
-        op.output("decisions_out", msgs, kafka_sink(settings, settings.decisions_topic))
+        op.output("decisions_out", msgs,
+                  DecisionSink(settings, settings.decisions_topic, u_keys))
     return flow
 
 
