@@ -4,12 +4,16 @@
 process their input in event-time order through an :class:`~operators.ordering.
 EventTimeBuffer`, so the same input gives the same scores whatever the number of workers.
 
+A whole batch of a key's items goes through one ``on_batch`` call (taken in arrival order,
+exactly as one item at a time would be); metrics are counted during the batch and added at
+its end.
+
 Shapes (see :mod:`dataflow.build`)::
 
-    TerminalStage in:  Txn | Label | Watermark | Control
-    TerminalStage out: ("t", Txn, terminal features) | ("l", Label) | ("w", Watermark)
-                       | ("c", Control)
-    UserStage in:      the above
+    TerminalStage in:  Txn | Label | Control | Watermark | ("w", shard key, Watermark)
+    TerminalStage out: ("t", Txn, terminal features) | ("l", Label) | ("c", Control)
+                       | ("w", Watermark)   (at most one per batch, last)
+    UserStage in:      the above | ("w", shard key, Watermark)
     UserStage out:     Decision
 
 State is snapshotted as pickled bytes: immutable, and its size is the snapshot size.
