@@ -21,8 +21,9 @@ import time
 
 FREEZE_EVERY = 5.0
 """Wall-clock seconds between two freezes of the surviving objects."""
-SWEEP_EVERY = 600.0
-"""Wall-clock seconds between two full collections of everything (frozen objects too)."""
+SWEEP_EVERY = 3600.0
+"""Wall-clock seconds between two full collections of everything (frozen objects too): one
+walk of the whole state, as CPython would do anyway each time the state grows by a quarter."""
 
 _STATE = {"freeze": float("-inf"), "sweep": float("-inf")}
 
