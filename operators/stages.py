@@ -42,9 +42,11 @@ from operators.terminal import TerminalState
 from operators.user import UserState
 from txwatch.metrics import child, get_metrics
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 """Layout version of the stages' snapshots. A release that changes the layout bumps it; an
-older snapshot is refused with instructions for a warm start (see README, Recovery)."""
+older snapshot is refused with instructions for a warm start (see README, Recovery).
+3: event times stored in ``Txn`` and ``Label`` (the batch stages); 4: so that it stays apart
+from main's own 3 (the terminal's latest labels) when both are merged."""
 
 KIND_LABEL = 0  # labels sort before transactions of the same instant
 KIND_TXN = 1
