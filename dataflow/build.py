@@ -22,17 +22,19 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, operator
 from bytewax.inputs import Source
+from bytewax.operators import KeyedStream, StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from operators.ordering import Watermark
-from operators.records import Control, DeadLetter, Label, Txn
-from operators.sharding import all_terminal_keys, all_user_keys, terminal_key, user_key
+from operators.records import Control, DeadLetter, Decision, Label, Txn
+from operators.sharding import ShardKeys, all_terminal_keys, all_user_keys
 from operators.stages import StageConfig, TerminalStage, UserStage
 from txwatch.metrics import get_metrics
 from txwatch.settings import Settings
@@ -91,8 +93,8 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     """The txwatch dataflow. With no ``io``, it reads Kafka and writes PostgreSQL and Kafka
     as configured in ``settings``."""
     from dataflow.sources import ControlSource, LabelSource, TransactionSource
-    from sinks.kafka import dead_letter_message, decision_message, kafka_sink
-    from sinks.postgres import AlertSink, alert_row
+    from sinks.kafka import DecisionSink, dead_letter_message, decision_messages, kafka_sink
+    from sinks.postgres import AlertSink
 
     io = io or FlowIO()
     S = settings.logical_shards
@@ -129,97 +131,97 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     # --- route to terminal shards -----------------------------------------------------------
     t_keys = all_terminal_keys(S)
     u_keys = all_user_keys(S)
+    t_key = ShardKeys("t", S)
+    u_key = ShardKeys("u", S)
 
-    def route_terminal(x: Any) -> list[tuple[str, Any]]:
-        # shape: Txn | Label -> (terminal shard, item); Watermark -> to every terminal shard;
-        # Control -> to the user shard(s) it concerns (bypasses the terminal stage)
-        if isinstance(x, Txn):
-            return [(terminal_key(x.terminal_id, S), x)]
-        if isinstance(x, Label):
-            return [(terminal_key(x.terminal_id, S), x)]
-        if isinstance(x, Watermark):
-            return [(k, ("w", k, x)) for k in t_keys]
-        return []
+    def route_terminal(xs: list[Any]) -> list[tuple[str, Any]]:
+        # shape: Txn | Label -> (terminal shard, item); Watermark -> ("w", shard, wm) to every
+        # terminal shard; Control -> to the user shard(s) it concerns (not through here)
+        out: list[tuple[str, Any]] = []
+        for x in xs:
+            tp = type(x)
+            if tp is Txn or tp is Label:
+                out.append((t_key(x.terminal_id), x))
+            elif tp is Watermark:
+                out.extend((k, ("w", k, x)) for k in t_keys)
+        return out
 
     good = split.falses
-    controls = op.filter("controls_only", good, lambda x: isinstance(x, Control))
-    by_terminal = op.flat_map("route_terminal", good, route_terminal)
+    by_terminal = op.flat_map_batch("route_terminal", good, route_terminal)
 
     def build_terminal(resume: bytes | None) -> TerminalStage:
-        return _KeyedTerminal(cfg, resume)
+        return TerminalStage("", cfg, resume)
 
-    term_out = op.stateful("terminal", by_terminal, build_terminal)  # (t-shard, out item)
+    term_out = _stateful_batch("terminal", by_terminal, build_terminal)  # (t-shard, out item)
 
-    def route_user(kv: tuple[str, Any]) -> list[tuple[str, Any]]:
-        item = kv[1]
-        kind = item[0]
-        if kind == "t":
-            return [(user_key(item[1].user_id, S), item)]
-        if kind == "l":
-            return [(user_key(item[1].user_id, S), item)]
-        if kind == "w":
-            return [(k, ("w", k, item[1])) for k in u_keys]
-        return []
+    def route_user(kvs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = []
+        for _, item in kvs:
+            kind = item[0]
+            if kind == "t" or kind == "l":
+                out.append((u_key(item[1].user_id), item))
+            elif kind == "w":
+                wm = item[1]
+                out.extend((k, ("w", k, wm)) for k in u_keys)
+        return out
 
-    def route_control(c: Control) -> list[tuple[str, Any]]:
-        if c.scope == "user":
-            return [(user_key(c.target, S), ("c", c))]
-        return [(k, ("c", c)) for k in u_keys]
+    user_in = op.flat_map_batch("route_user", term_out, route_user)
+    if io.use_controls:
+        def route_control(xs: list[Any]) -> list[tuple[str, Any]]:
+            out: list[tuple[str, Any]] = []
+            for c in xs:
+                if type(c) is Control:
+                    if c.scope == "user":
+                        out.append((u_key(c.target), ("c", c)))
+                    else:
+                        out.extend((k, ("c", c)) for k in u_keys)
+            return out
 
-    by_user = op.merge(
-        "merge_user",
-        op.flat_map("route_user", term_out, route_user),
-        op.flat_map("route_control", controls, route_control),
-    )
+        user_in = op.merge("merge_user", user_in,
+                           op.flat_map_batch("route_control", good, route_control))
 
     def build_user(resume: bytes | None) -> UserStage:
         # built on the worker's own thread: the name tells workers of one process apart
-        return _KeyedUser(cfg, resume, f"{worker}:{threading.get_native_id()}")
+        return UserStage("", cfg, resume, f"{worker}:{threading.get_native_id()}")
 
-    decisions = op.stateful("user", by_user, build_user)  # (u-shard, Decision)
+    # (u-shard, Decision)
+    decisions = _stateful_batch("user", user_in, build_user)
 
-    alerts = op.filter("alerts_only", decisions, lambda kv: kv[1].is_alert)
+    def alerts_only(kds: list[tuple[str, Decision]]) -> list[tuple[str, Decision]]:
+        return [kd for kd in kds if kd[1].is_alert]
+
+    alerts = op.flat_map_batch("alerts_only", decisions, alerts_only)
     if io.alerts is not None:
         op.output("alerts_out", alerts, io.alerts)
     else:
-        rows = op.map_value("alert_row", alerts, alert_row)
         op.output(
             "alerts_out",
-            rows,
+            alerts,  # rows are made in the sink, per batch
             AlertSink(settings.dsn(), u_keys, settings.sink_batch_size,
                       settings.sink_max_backlog, settings.sink_retry_max_seconds),
         )
     if io.decisions is not None:
-        op.output("decisions_out", op.key_rm("decisions_rm", decisions), io.decisions)
+        op.output("decisions_out", op.flat_map_batch("decisions_rm", decisions, _values),
+                  io.decisions)
     elif settings.publish_decisions:
-        msgs = op.map("decision_msg", op.key_rm("decisions_rm", decisions),
-                      decision_message)
-        op.output("decisions_out", msgs, kafka_sink(settings, settings.decisions_topic))
+        msgs = op.flat_map_batch("decision_msg", decisions, decision_messages)
+        op.output("decisions_out", msgs,
+                  DecisionSink(settings, settings.decisions_topic, u_keys))
     return flow
 
 
-class _KeyedTerminal(TerminalStage):
-    """Learns its shard key from the first watermark broadcast to it."""
-
-    def __init__(self, cfg: StageConfig, resume: bytes | None) -> None:
-        super().__init__("", cfg, resume)
-
-    def on_item(self, value: Any) -> Any:
-        if isinstance(value, tuple) and value[0] == "w":
-            self.key = value[1]
-            return super().on_item(value[2])
-        return super().on_item(value)
-
-    def snapshot(self) -> bytes:
-        return super().snapshot()
+def _values(kvs: list[tuple[str, Any]]) -> list[Any]:
+    """The values of a batch of ``(key, value)`` items."""
+    return [v for _, v in kvs]
 
 
-class _KeyedUser(UserStage):
-    def __init__(self, cfg: StageConfig, resume: bytes | None, worker: str) -> None:
-        super().__init__("", cfg, resume, worker)
-
-    def on_item(self, value: Any) -> Any:
-        if value[0] == "w":
-            self.key = value[1]
-            return super().on_item(("w", value[2]))
-        return super().on_item(value)
+@operator
+def _stateful_batch(
+    step_id: str,
+    up: KeyedStream[Any],
+    builder: Callable[[bytes | None], StatefulBatchLogic[Any, Any, bytes]],
+) -> KeyedStream[Any]:
+    """``op.stateful_batch`` nested as ``op.stateful`` nests it, so the recovery key of the
+    stage (``<flow>.<step_id>.stateful_batch``) is the one earlier releases used: an older
+    snapshot is found, and refused by its state version rather than ignored."""
+    return op.stateful_batch("stateful_batch", up, builder)

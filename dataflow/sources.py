@@ -16,12 +16,12 @@ crash). Kafka offsets (and the watermark) are the partitions' recovery state.
 from __future__ import annotations
 
 import heapq
-import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING
@@ -258,8 +258,8 @@ class _ReplayPartition(StatefulSourcePartition[Any, tuple[int, float]]):
         # the handbook's protocol: every transaction is labelled from the file's ground
         # truth, `label_delay` after it happened. Only this source reads `is_fraud`.
         try:
-            fraud = bool(json.loads(raw).get("is_fraud", 0))
-        except ValueError:
+            fraud = bool(orjson.loads(raw).get("is_fraud", 0))
+        except ValueError:  # orjson.JSONDecodeError is a ValueError
             return
         lt = t.timestamp + timedelta(seconds=self.label_delay or 0.0)
         lb = Label(t.transaction_id, t.user_id, t.terminal_id, "fraud" if fraud else "legit",

@@ -41,10 +41,11 @@ class Txn:
     """Wall-clock seconds when the message reached the flow (for decision latency)."""
     kafka_ts: float | None = None
     """The Kafka message timestamp in seconds, when read from Kafka."""
+    ts_seconds: float = field(init=False, repr=False, compare=False)
+    """``timestamp`` in seconds since the epoch, computed once (every stage orders by it)."""
 
-    @property
-    def ts_seconds(self) -> float:
-        return self.timestamp.timestamp()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ts_seconds", self.timestamp.timestamp())
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,14 @@ class Label:
     label: LabelValue
     transaction_time: datetime
     label_time: datetime
+    txn_ts: float = field(init=False, repr=False, compare=False)
+    """``transaction_time`` in seconds since the epoch, computed once."""
+    label_ts: float = field(init=False, repr=False, compare=False)
+    """``label_time`` in seconds since the epoch, computed once (the stages order by it)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "txn_ts", self.transaction_time.timestamp())
+        object.__setattr__(self, "label_ts", self.label_time.timestamp())
 
     @property
     def is_fraud(self) -> bool:

@@ -1,15 +1,19 @@
-"""The two stateful stages of the flow, as Bytewax ``StatefulLogic`` classes.
+"""The two stateful stages of the flow, as Bytewax ``StatefulBatchLogic`` classes.
 
 ``TerminalStage`` (keyed by terminal shard) and ``UserStage`` (keyed by user shard) both
 process their input in event-time order through an :class:`~operators.ordering.
 EventTimeBuffer`, so the same input gives the same scores whatever the number of workers.
 
+A whole batch of a key's items goes through one ``on_batch`` call (taken in arrival order,
+exactly as one item at a time would be); metrics are counted during the batch and added at
+its end.
+
 Shapes (see :mod:`dataflow.build`)::
 
-    TerminalStage in:  Txn | Label | Watermark | Control
-    TerminalStage out: ("t", Txn, terminal features) | ("l", Label) | ("w", Watermark)
-                       | ("c", Control)
-    UserStage in:      the above
+    TerminalStage in:  Txn | Label | Control | Watermark | ("w", shard key, Watermark)
+    TerminalStage out: ("t", Txn, terminal features) | ("l", Label) | ("c", Control)
+                       | ("w", Watermark)   (at most one per batch, last)
+    UserStage in:      the above | ("w", shard key, Watermark)
     UserStage out:     Decision
 
 State is snapshotted as pickled bytes: immutable, and its size is the snapshot size.
@@ -19,26 +23,30 @@ from __future__ import annotations
 
 import pickle
 import time
+from bisect import bisect_left
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bytewax.operators import StatefulLogic
+from bytewax.operators import StatefulBatchLogic
 
+from operators import heap
 from operators.decision import decide_severity
 from operators.ordering import EventTimeBuffer, Watermark
 from operators.reasons import explain
-from operators.records import Control, Decision, Label, Txn
+from operators.records import Control, Decision, Label, Reason, Txn
 from operators.scoring import Detector
 from operators.terminal import TerminalState
 from operators.user import UserState
 from txwatch.metrics import child, get_metrics
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 """Layout version of the stages' snapshots. A release that changes the layout bumps it; an
-older snapshot is refused with instructions for a warm start (see README, Recovery)."""
+older snapshot is refused with instructions for a warm start (see README, Recovery).
+3: the terminal's latest labels and the user's trip flag (model txw-1.2); 4: event times
+stored in ``Txn`` and ``Label`` (the batch stages)."""
 
 KIND_LABEL = 0  # labels sort before transactions of the same instant
 KIND_TXN = 1
@@ -107,6 +115,19 @@ class _ProcessState:
     users: dict[str, int] = {}  # noqa: RUF012 - process-wide on purpose
     terminals: dict[str, int] = {}  # noqa: RUF012
     bytes: dict[tuple[str, str], int] = {}  # noqa: RUF012
+    bytes_at: dict[tuple[str, str], float] = {}  # noqa: RUF012
+    BYTES_EVERY = 10.0
+    """Wall-clock seconds between two size estimates of a shard (each pickles a sample)."""
+
+    @classmethod
+    def bytes_due(cls, stage: str, key: str) -> bool:
+        """Whether the shard's size is due for a new estimate (always true the first time)."""
+        now = time.monotonic()
+        last = cls.bytes_at.get((stage, key))
+        if last is not None and now - last < cls.BYTES_EVERY:
+            return False
+        cls.bytes_at[(stage, key)] = now
+        return True
 
     @classmethod
     def report(cls, stage: str, key: str, count: int, nbytes: int | None) -> None:
@@ -135,63 +156,192 @@ def estimate_bytes(items: dict[str, Any], sample: int = 32) -> int:
                * n / len(vals))
 
 
+class _BatchMetrics:
+    """Per-decision metrics counted in plain numbers during a batch and handed to the
+    Prometheus objects once at its end (one lock per metric and batch, not per event)."""
+
+    __slots__ = ("alerts", "cold", "dups", "label_lags", "labelled_alerts", "labels", "late",
+                 "latencies", "reasons", "scores", "severities")
+
+    def __init__(self) -> None:
+        self.scores: list[float] = []
+        self.latencies: list[float] = []
+        self.severities: dict[str, int] = {}
+        self.alerts: dict[str, int] = {}
+        self.reasons: dict[str, int] = {}
+        self.labels: dict[str, int] = {}
+        self.label_lags: list[float] = []
+        self.labelled_alerts: dict[str, int] = {}
+        self.cold = 0
+        self.dups = 0
+        self.late = 0
+
+    def decision(self, d: Decision) -> None:
+        """Count one decision (score, latency, severity, alert and its reasons)."""
+        sev = d.severity
+        self.severities[sev] = self.severities.get(sev, 0) + 1
+        self.scores.append(d.score)
+        t = d.txn
+        start = t.kafka_ts or t.received_at
+        if start:
+            self.latencies.append(max(0.0, d.decided_at - start))
+        if d.is_alert:
+            self.alerts[sev] = self.alerts.get(sev, 0) + 1
+            for r in d.reasons:
+                self.reasons[r.code] = self.reasons.get(r.code, 0) + 1
+
+    def flush(self, stage: str) -> None:
+        """Add what was counted to the process' metrics and start again."""
+        m = get_metrics()
+        if self.late:
+            child(m.late_events, stage).inc(self.late)
+            self.late = 0
+        if self.dups:
+            child(m.consumed, "duplicate").inc(self.dups)
+            self.dups = 0
+        if self.labels:
+            for label, k in self.labels.items():
+                child(m.labels_received, label).inc(k)
+            observe_all(m.label_lag, self.label_lags)
+            self.labels = {}
+            self.label_lags = []
+        if self.labelled_alerts:
+            for label, k in self.labelled_alerts.items():
+                child(m.labelled_alerts, label).inc(k)
+            self.labelled_alerts = {}
+        if not self.scores:
+            return
+        n = len(self.scores)
+        # alert rate over roughly the last 5,000 decisions of this process (exponential decay)
+        a = sum(self.alerts.values())
+        _rate_update(n, a)
+        child(m.consumed, "scored").inc(n)
+        for sev, k in self.severities.items():
+            child(m.decisions, sev).inc(k)
+        for sev, k in self.alerts.items():
+            child(m.alerts, sev).inc(k)
+        for code, k in self.reasons.items():
+            child(m.alert_reasons, code).inc(k)
+        if self.cold:
+            m.cold_start_scores.inc(self.cold)
+        observe_all(m.score, self.scores)
+        observe_all(m.decision_latency, self.latencies)
+        self.__init__()  # type: ignore[misc]
+
+
 _RATE = {"alerts": 0.0, "all": 0.0, "n": 0.0}
+_DECAY = 0.9998
+
+
+def _rate_update(n: int, alerts: int) -> None:
+    """The decayed alert rate after ``n`` more decisions of which ``alerts`` were alerts
+    (the alerts taken as the batch's last: the rate is a gauge, not a result)."""
+    keep = _DECAY**n
+    _RATE["all"] = _RATE["all"] * keep + (1.0 - keep) / (1.0 - _DECAY)
+    ka = _DECAY**alerts
+    _RATE["alerts"] = _RATE["alerts"] * keep + (1.0 - ka) / (1.0 - _DECAY)
+    before = _RATE["n"]
+    _RATE["n"] = before + n
+    if int(_RATE["n"]) // 256 != int(before) // 256:
+        get_metrics().alert_rate.set(1000.0 * _RATE["alerts"] / _RATE["all"])
+
+
+def observe_all(hist: Any, values: list[float]) -> None:
+    """``hist.observe(v)`` for every ``v``, with one increment per bucket: prometheus-client
+    takes a lock for each increment, so a batch is binned here first."""
+    if not values:
+        return
+    bounds = getattr(hist, "_upper_bounds", None)
+    buckets = getattr(hist, "_buckets", None)
+    total = getattr(hist, "_sum", None)
+    if bounds is None or buckets is None or total is None:  # another client version
+        for v in values:
+            hist.observe(v)
+        return
+    counts = [0] * len(bounds)
+    for v in values:
+        counts[bisect_left(bounds, v)] += 1
+    for i, k in enumerate(counts):
+        if k:
+            buckets[i].inc(k)
+    total.inc(sum(values))
 
 
 def observe_decision(d: Decision) -> None:
     """Per-decision metrics (score, latency, severities, reasons, recent alert rate)."""
-    m = get_metrics()
-    # alert rate over roughly the last 5,000 decisions of this process (exponential decay)
-    _RATE["all"] = _RATE["all"] * 0.9998 + 1.0
-    _RATE["alerts"] = _RATE["alerts"] * 0.9998 + (1.0 if d.is_alert else 0.0)
-    _RATE["n"] += 1
-    if _RATE["n"] % 256 == 0:
-        m.alert_rate.set(1000.0 * _RATE["alerts"] / _RATE["all"])
-    child(m.decisions, d.severity).inc()
-    m.score.observe(d.score)
-    start = d.txn.kafka_ts or d.txn.received_at
-    if start:
-        m.decision_latency.observe(max(0.0, d.decided_at - start))
-    if d.is_alert:
-        child(m.alerts, d.severity).inc()
-        for r in d.reasons:
-            child(m.alert_reasons, r.code).inc()
+    bm = _BatchMetrics()
+    bm.decision(d)
+    bm.flush("user")
 
 
-class _OrderedStage(StatefulLogic[Any, Any, bytes]):
-    """Common buffering: push, release by watermark, hold timeout, drain at EOF."""
+class _OrderedStage(StatefulBatchLogic[Any, Any, bytes]):
+    """Common buffering: push, release by watermark, hold timeout, drain at EOF.
+
+    A whole batch of a key's items goes through :meth:`on_batch` in one call; items are
+    taken in arrival order exactly as one at a time (:meth:`on_item` is a batch of one).
+    """
 
     stage = ""
 
     def __init__(self, cfg: StageConfig, buf: EventTimeBuffer) -> None:
         self.cfg = cfg
         self.buf = buf
+        self.bm = _BatchMetrics()
 
-    def _process(self, item: Any) -> list[Any]:  # pragma: no cover - abstract
+    def _take(self, item: Any, out: list[Any]) -> None:  # pragma: no cover - abstract
+        """Process one released (or unordered, or late) item, appending what it emits."""
         raise NotImplementedError
+
+    def _process(self, item: Any) -> list[Any]:
+        """Process one item and return what it emits (for tests and direct use)."""
+        out: list[Any] = []
+        self._take(item, out)
+        self.bm.flush(self.stage)
+        return out
 
     def _sort_key(self, item: Any) -> tuple[float, int, str] | None:  # pragma: no cover
         raise NotImplementedError
 
-    def _on_watermark(self, wm: Watermark, released: list[Any]) -> list[Any]:
-        return []
+    def _watermark_of(self, value: Any) -> Watermark | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _on_watermark(self, wm: Watermark, out: list[Any]) -> None:
+        return None
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        out: list[Any] = []
+        buf = self.buf
+        process = self._take
+        now: float | None = None
+        last_wm: Watermark | None = None
+        for value in values:
+            wm = self._watermark_of(value)
+            if wm is not None:
+                for it in buf.advance(wm.origin, wm.ts, wm.origins):
+                    process(it, out)
+                last_wm = wm
+                continue
+            key = self._sort_key(value)
+            if key is None:  # not ordered (controls)
+                process(value, out)
+            elif key[0] < buf.watermark:  # late: counted, processed at once
+                self.bm.late += 1
+                process(value, out)
+            else:
+                if now is None:
+                    now = _now()
+                buf.push(key, value, now)
+        if last_wm is not None:
+            # one watermark out per batch, after everything it covers: the ones between
+            # would only make the next stage release the same items in more steps
+            self._on_watermark(last_wm, out)
+        self.bm.flush(self.stage)
+        heap.tick()
+        return out, StatefulBatchLogic.RETAIN
 
     def on_item(self, value: Any) -> tuple[Iterable[Any], bool]:
-        out: list[Any] = []
-        if isinstance(value, Watermark):
-            released = self.buf.advance(value.origin, value.ts, value.origins)
-            for it in released:
-                out.extend(self._process(it))
-            out.extend(self._on_watermark(value, released))
-            return out, StatefulLogic.RETAIN
-        key = self._sort_key(value)
-        if key is None:  # not ordered (controls)
-            return self._process(value), StatefulLogic.RETAIN
-        if self.buf.is_late(key[0]):
-            child(get_metrics().late_events, self.stage).inc()
-            return self._process(value), StatefulLogic.RETAIN
-        self.buf.push(key, value, _now())
-        return out, StatefulLogic.RETAIN
+        """One item (a batch of one): for tests and direct use."""
+        return self.on_batch([value])
 
     def notify_at(self) -> datetime | None:
         if self.cfg.max_hold >= 1e8:
@@ -204,20 +354,25 @@ class _OrderedStage(StatefulLogic[Any, Any, bytes]):
     def on_notify(self) -> tuple[Iterable[Any], bool]:
         out: list[Any] = []
         for it in self.buf.expire(_now() - self.cfg.max_hold + 1e-3):
-            out.extend(self._process(it))
-        out.extend(self._on_watermark(Watermark("hold", self.buf.watermark, 0), []))
-        return out, StatefulLogic.RETAIN
+            self._take(it, out)
+        self._on_watermark(Watermark("hold", self.buf.watermark, 0), out)
+        self.bm.flush(self.stage)
+        return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
         out: list[Any] = []
         for it in self.buf.drain():
-            out.extend(self._process(it))
-        return out, StatefulLogic.RETAIN
+            self._take(it, out)
+        self.bm.flush(self.stage)
+        return out, StatefulBatchLogic.RETAIN
 
 
 # --------------------------------------------------------------------------------------------
 class TerminalStage(_OrderedStage):
-    """Per terminal shard: dedupe, terminal windows and delayed-label risk."""
+    """Per terminal shard: dedupe, terminal windows and delayed-label risk.
+
+    Takes ``Txn``, ``Label``, ``Control``, ``Watermark`` and ``("w", shard key, Watermark)``
+    (a watermark broadcast to this shard: the stage learns its key from it)."""
 
     stage = "terminal"
 
@@ -239,68 +394,85 @@ class TerminalStage(_OrderedStage):
             self.labels = snap["labels"]
             self.sent_wm = snap["sent_wm"]
         super().__init__(cfg, buf)
+        self._n_wm = 0
 
-    def _sort_key(self, item: Any) -> tuple[float, int, str] | None:
-        if isinstance(item, Txn):
-            return (item.ts_seconds, KIND_TXN, item.transaction_id)
-        if isinstance(item, Label):
-            return (item.label_time.timestamp(), KIND_LABEL, item.transaction_id)
+    def _watermark_of(self, value: Any) -> Watermark | None:
+        tp = type(value)
+        if tp is tuple:  # ("w", shard key, Watermark)
+            self.key = value[1]
+            wm: Watermark = value[2]
+            return wm
+        if tp is Watermark:
+            return value  # type: ignore[no-any-return]
         return None
 
-    def _process(self, item: Any) -> list[Any]:
-        m = get_metrics()
-        if isinstance(item, Txn):
-            ts = item.ts_seconds
-            dkey = f"{item.user_id}\x00{item.transaction_id}"
-            if dkey in self.seen:
-                child(m.consumed, "duplicate").inc()
-                return []
-            self.seen[dkey] = ts
-            self.seen_order.append((ts, dkey))
-            horizon = ts - self.cfg.dedupe_horizon
-            so = self.seen_order
-            while so and so[0][0] < horizon:
-                self.seen.pop(so.popleft()[1], None)
-            tid = item.terminal_id or ""
-            term = self.terminals.get(tid)
-            if term is None:
-                term = self.terminals[tid] = TerminalState()
-            feats = term.features(ts) if item.terminal_id else {}
-            term.learn_txn(ts)
-            return [("t", item, feats)]
-        if isinstance(item, Label):
-            child(m.labels_received, item.label).inc()
-            m.label_lag.observe(
-                max(0.0, (item.label_time - item.transaction_time).total_seconds())
-            )
-            tid = item.terminal_id or ""
-            term = self.terminals.get(tid)
-            if term is None:
-                term = self.terminals[tid] = TerminalState()
-            tts = item.transaction_time.timestamp()
-            prev = self.labels.get(item.transaction_id)
-            if prev is not None:  # a later label replaces an earlier one
-                term.remove_label(tts, prev)
-            term.apply_label(tts, item.is_fraud, item.label_time.timestamp())
-            self.labels[item.transaction_id] = item.is_fraud
-            cap = 4 * self.cfg.max_pending_labels // max(1, self.cfg.terminal_shards)
-            if len(self.labels) > cap:
-                self.labels.clear()  # bounded: only replacement of very old labels is lost
-            return [("l", item)]
-        if isinstance(item, Control):
-            return [("c", item)]
-        return []
+    def _sort_key(self, item: Any) -> tuple[float, int, str] | None:
+        tp = type(item)
+        if tp is Txn:
+            return (item.ts_seconds, KIND_TXN, item.transaction_id)
+        if tp is Label:
+            return (item.label_ts, KIND_LABEL, item.transaction_id)
+        return None
 
-    def _on_watermark(self, wm: Watermark, released: list[Any]) -> list[Any]:
+    def _take(self, item: Any, out: list[Any]) -> None:
+        tp = type(item)
+        if tp is Txn:
+            self._txn(item, out)
+        elif tp is Label:
+            self._label(item)
+            out.append(("l", item))
+        elif tp is Control:
+            out.append(("c", item))
+
+    def _txn(self, item: Txn, out: list[Any]) -> None:
+        ts = item.ts_seconds
+        dkey = f"{item.user_id}\x00{item.transaction_id}"
+        seen = self.seen
+        if dkey in seen:
+            self.bm.dups += 1
+            return
+        seen[dkey] = ts
+        so = self.seen_order
+        so.append((ts, dkey))
+        horizon = ts - self.cfg.dedupe_horizon
+        while so[0][0] < horizon:
+            seen.pop(so.popleft()[1], None)
+        tid = item.terminal_id or ""
+        term = self.terminals.get(tid)
+        if term is None:
+            term = self.terminals[tid] = TerminalState()
+        feats = term.features(ts) if item.terminal_id else {}
+        term.learn_txn(ts)
+        out.append(("t", item, feats))
+
+    def _label(self, item: Label) -> None:
+        bm = self.bm
+        bm.labels[item.label] = bm.labels.get(item.label, 0) + 1
+        bm.label_lags.append(max(0.0, item.label_ts - item.txn_ts))
+        tid = item.terminal_id or ""
+        term = self.terminals.get(tid)
+        if term is None:
+            term = self.terminals[tid] = TerminalState()
+        tts = item.txn_ts
+        prev = self.labels.get(item.transaction_id)
+        if prev is not None:  # a later label replaces an earlier one
+            term.remove_label(tts, prev)
+        term.apply_label(tts, item.is_fraud, item.label_ts)
+        self.labels[item.transaction_id] = item.is_fraud
+        cap = 4 * self.cfg.max_pending_labels // max(1, self.cfg.terminal_shards)
+        if len(self.labels) > cap:
+            self.labels.clear()  # bounded: only replacement of very old labels is lost
+
+    def _on_watermark(self, wm: Watermark, out: list[Any]) -> None:
         w = self.buf.watermark
         if w > self.sent_wm:
             self.sent_wm = w
-            self._n_wm = getattr(self, "_n_wm", 0) + 1
+            self._n_wm += 1
             if self._n_wm % 64 == 1:
-                _ProcessState.report("terminal", self.key, len(self.terminals),
-                                     estimate_bytes(self.terminals))
-            return [("w", Watermark(self.key, w, self.cfg.terminal_shards))]
-        return []
+                size = (estimate_bytes(self.terminals)
+                        if _ProcessState.bytes_due("terminal", self.key) else None)
+                _ProcessState.report("terminal", self.key, len(self.terminals), size)
+            out.append(("w", Watermark(self.key, w, self.cfg.terminal_shards)))
 
     def snapshot(self) -> bytes:
         if not self.cfg.snapshots:
@@ -328,7 +500,10 @@ class Pending:
 
 
 class UserStage(_OrderedStage):
-    """Per user shard: user features, models, decision, learning, labels, snoozes."""
+    """Per user shard: user features, models, decision, learning, labels, snoozes.
+
+    Takes the terminal stage's output, ``("w", Watermark)`` or ``("w", shard key, Watermark)``
+    (a watermark broadcast to this shard: the stage learns its key from it)."""
 
     stage = "user"
 
@@ -355,6 +530,15 @@ class UserStage(_OrderedStage):
         super().__init__(cfg, buf)
         self._pending_cap = max(1, cfg.max_pending_labels // max(1, cfg.user_shards))
 
+    def _watermark_of(self, value: Any) -> Watermark | None:
+        if value[0] != "w":
+            return None
+        if len(value) == 3:  # ("w", shard key, Watermark)
+            self.key = value[1]
+            wm: Watermark = value[2]
+            return wm
+        return value[1]  # type: ignore[no-any-return]
+
     def _sort_key(self, item: Any) -> tuple[float, int, str] | None:
         kind = item[0]
         if kind == "t":
@@ -362,28 +546,20 @@ class UserStage(_OrderedStage):
             return (t.ts_seconds, KIND_TXN, t.transaction_id)
         if kind == "l":
             lb: Label = item[1]
-            return (lb.label_time.timestamp(), KIND_LABEL, lb.transaction_id)
+            return (lb.label_ts, KIND_LABEL, lb.transaction_id)
         return None
 
-    def on_item(self, value: Any) -> tuple[Iterable[Any], bool]:
-        if value[0] == "w":
-            return super().on_item(value[1])
-        return super().on_item(value)
-
-    def _process(self, item: Any) -> list[Any]:
+    def _take(self, item: Any, out: list[Any]) -> None:
         kind = item[0]
         if kind == "t":
-            return self._txn(item[1], item[2])
-        if kind == "l":
+            out.append(self._txn(item[1], item[2]))
+        elif kind == "l":
             self._label(item[1])
-            return []
-        if kind == "c":
+        elif kind == "c":
             c: Control = item[1]
             self.snoozes[(c.scope, c.target)] = c.until.timestamp()
-        return []
 
-    def _txn(self, t: Txn, term_feats: dict[str, float]) -> list[Any]:
-        m = get_metrics()
+    def _txn(self, t: Txn, term_feats: dict[str, float]) -> Decision:
         cfg = self.cfg
         ts = t.ts_seconds
         if ts > self.clock:
@@ -406,16 +582,20 @@ class UserStage(_OrderedStage):
         }
         feats = user.features(ts, amount, **kw)
         feats.update(term_feats)
-        score, comps = self.detector.score(user, feats)
+        detector = self.detector
+        score, comps = detector.score(user, feats)
         threshold = comps.pop("threshold", cfg.threshold)
         severity = decide_severity(score, threshold, max(cfg.block_threshold, threshold))
-        reasons = tuple(explain(feats, comps)) if severity != "allow" else ()
+        reasons: tuple[Reason, ...] = ()
         snoozed = False
         if severity != "allow":
-            for scope, target in (("user", t.user_id), ("terminal", t.terminal_id or "")):
-                until = self.snoozes.get((scope, target))
-                if until is not None and ts < until:
-                    snoozed = True
+            reasons = tuple(explain(feats, comps))
+            snoozes = self.snoozes
+            if snoozes:
+                for scope, target in (("user", t.user_id), ("terminal", t.terminal_id or "")):
+                    until = snoozes.get((scope, target))
+                    if until is not None and ts < until:
+                        snoozed = True
         d = Decision(
             txn=t,
             score=score,
@@ -424,24 +604,24 @@ class UserStage(_OrderedStage):
             reasons=reasons,
             features=feats,
             components=comps,
-            model_version=self.detector.version,
+            model_version=detector.version,
             worker=self.worker,
             decided_at=_now(),
             snoozed=snoozed,
         )
-        self.detector.learn(user, feats, score)
+        detector.learn(user, feats, score)
         user.learn(ts, amount, protect=score >= threshold, dist_home=feats["dist_home_km"], **kw)
         pending = self.pending
-        pending[t.transaction_id] = Pending(ts, self.detector.keep(feats, comps), d.is_alert)
+        pending[t.transaction_id] = Pending(ts, detector.keep(feats, comps), d.is_alert)
         if len(pending) > self._pending_cap:  # bounded on insert: the oldest go first
             pending.popitem(last=False)
-        child(m.consumed, "scored").inc()
-        observe_decision(d)
+        bm = self.bm
+        bm.decision(d)
         if comps.get("maturity", 1.0) < 0.5:
-            m.cold_start_scores.inc()
+            bm.cold += 1
         if ts - self.last_evict > 6 * 3600.0:
             self._evict(ts)
-        return [d]
+        return d
 
     def _label(self, lb: Label) -> None:
         p = self.pending.pop(lb.transaction_id, None)
@@ -450,7 +630,8 @@ class UserStage(_OrderedStage):
         if p.kept is not None:
             self.detector.learn_label(p.kept, lb.is_fraud)
         if p.alerted:
-            child(get_metrics().labelled_alerts, lb.label).inc()
+            la = self.bm.labelled_alerts
+            la[lb.label] = la.get(lb.label, 0) + 1
 
     def _evict(self, now: float) -> None:
         self.last_evict = now
@@ -470,7 +651,8 @@ class UserStage(_OrderedStage):
                 break
             pending.popitem(last=False)
         self.snoozes = {k: v for k, v in self.snoozes.items() if v > now}
-        _ProcessState.report("user", self.key, len(self.users), estimate_bytes(self.users))
+        size = estimate_bytes(self.users) if _ProcessState.bytes_due("user", self.key) else None
+        _ProcessState.report("user", self.key, len(self.users), size)
 
     def snapshot(self) -> bytes:
         if not self.cfg.snapshots:

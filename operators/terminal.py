@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 DAY = 86_400.0
 HORIZON_DAYS = 31
 WINDOWS = (1, 7, 30)
+"""Terminal windows in days (unrolled in :meth:`TerminalState.features`)."""
 NO_FRAUD_DAYS = 60.0
 EPISODE_GAP_DAYS = 7.0
 LAST_LABELS = 5
@@ -57,29 +58,32 @@ class TerminalState:
         days = self.days
         past = self._past
         if past is None or past[0] != today:
-            sums: list[int] = []
-            for w in WINDOWS:
-                n = lab = fr = 0
-                for d in range(today - w + 1, today):
-                    b = days.get(d)
-                    if b is not None:
-                        n += b[0]
-                        lab += b[1]
-                        fr += b[2]
-                sums += (n, lab, fr)
-            past = self._past = (today, tuple(sums))
-        cur = days.get(today) or (0, 0, 0)
-        for i, w in enumerate(WINDOWS):
-            n = past[1][3 * i] + cur[0]
-            lab = past[1][3 * i + 1] + cur[1]
-            fr = past[1][3 * i + 2] + cur[2]
-            out[f"term_n_{w}d"] = float(n)
-            out[f"term_risk_{w}d"] = fr / n if n else 0.0
-            if w == 30:
-                out["term_lab_risk_30d"] = fr / lab if lab else 0.0
-        recent = [self.label_days.get(d) for d in (today - 1, today)]
-        labs = sum(b[0] for b in recent if b)
-        out["term_recent_lab_risk"] = sum(b[1] for b in recent if b) / labs if labs else 0.0
+            past = self._past = (today, _past_sums(days, today, past))
+        # the windows of WINDOWS (1, 7, 30 days), unrolled: the current day plus the cached
+        # sums of the days before it
+        p = past[1]
+        cur = days.get(today)
+        c0, c1, c2 = cur if cur is not None else (0, 0, 0)
+        n = p[0] + c0
+        out["term_n_1d"] = float(n)
+        out["term_risk_1d"] = (p[2] + c2) / n if n else 0.0
+        n = p[3] + c0
+        out["term_n_7d"] = float(n)
+        out["term_risk_7d"] = (p[5] + c2) / n if n else 0.0
+        n = p[6] + c0
+        fr = p[8] + c2
+        lab = p[7] + c1
+        out["term_n_30d"] = float(n)
+        out["term_risk_30d"] = fr / n if n else 0.0
+        out["term_lab_risk_30d"] = fr / lab if lab else 0.0
+        labs = frauds = 0
+        ld = self.label_days
+        if ld:
+            for b in (ld.get(today - 1), ld.get(today)):
+                if b:
+                    labs += b[0]
+                    frauds += b[1]
+        out["term_recent_lab_risk"] = frauds / labs if labs else 0.0
         out["term_recent_labels"] = float(labs)
         if (
             self.episode_start is not None
@@ -164,8 +168,49 @@ class TerminalState:
 
     def _prune(self, today: int) -> None:
         if len(self.days) > HORIZON_DAYS + 8:
+            self._past = None  # (only days outside every window go, but never rely on it)
             for d in [d for d in self.days if d <= today - HORIZON_DAYS]:
                 del self.days[d]
 
     def idle_since(self, ts: float) -> float:
         return ts - self.last_seen
+
+
+def _past_sums(days: dict[int, list[int]], today: int,
+               prev: tuple[int, tuple[int, ...]] | None) -> tuple[int, ...]:
+    """``(transactions, labelled, frauds)`` of each window's days before ``today``.
+
+    From the sums cached for an earlier day when there are some (the days that left each
+    window subtracted, those that entered added: integers, so exactly the full sums), else
+    by summing the window. The cache is only kept while no bucket inside it changes (a
+    label or a late transaction drops it), and a new bucket prunes only days older than
+    every window.
+    """
+    sums: list[int] = []
+    for i, w in enumerate(WINDOWS):
+        lo = today - w + 1
+        if prev is not None and prev[0] < today and today - prev[0] < w:
+            old = prev[0]
+            n, lab, fr = prev[1][3 * i : 3 * i + 3]
+            for d in range(old - w + 1, lo):  # left the window
+                b = days.get(d)
+                if b is not None:
+                    n -= b[0]
+                    lab -= b[1]
+                    fr -= b[2]
+            for d in range(old, today):  # entered it
+                b = days.get(d)
+                if b is not None:
+                    n += b[0]
+                    lab += b[1]
+                    fr += b[2]
+        else:
+            n = lab = fr = 0
+            for d in range(lo, today):
+                b = days.get(d)
+                if b is not None:
+                    n += b[0]
+                    lab += b[1]
+                    fr += b[2]
+        sums += (n, lab, fr)
+    return tuple(sums)

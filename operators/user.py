@@ -35,6 +35,7 @@ HOME_RADIUS_KM = 300.0
 """Transactions farther than this from the user's home do not move it (trips, takeovers)."""
 RELOCATE_DAYS = 30.0
 """Days spent away from home (every transaction farther than the radius) before home moves."""
+_LOG24 = math.log(24)
 
 
 @lru_cache(maxsize=65_536)
@@ -227,11 +228,15 @@ class UserState:
         f["speed_kmh"] = speed
         # hour of day against habit
         hour = local_hour if local_hour is not None else int(ts // HOUR) % 24
-        total = sum(self.hours)
-        f["hour_rarity"] = -math.log((self.hours[hour] + 1) / (total + 24)) - math.log(24)
+        hours = self.hours
+        total = sum(hours)
+        ph = hours[hour]
+        f["hour_rarity"] = -math.log((ph + 1) / (total + 24)) - _LOG24
         # p-value of the hour: the probability mass of hours at most as likely as this one
-        ph = self.hours[hour]
-        f["hour_p"] = sum(h + 1 for h in self.hours if h <= ph) / (total + 24)
+        # (sum of h + 1 over the hours with h <= ph, in integers: the k smallest counts)
+        srt_h = sorted(hours)
+        k_h = bisect_right(srt_h, ph)
+        f["hour_p"] = (sum(srt_h[:k_h]) + k_h) / (total + 24)
         f["new_terminal_rate"] = (self.n_new_terminal + 1) / (n + 2)
         f["dist_typical"] = self.dist_mean
         return f
@@ -270,9 +275,13 @@ class UserState:
                 ring.append(amount)
             else:
                 ring[self.n_amounts % RING] = amount
-        recent = [r for r in self.recent if ts - r[0] < DAY]
+        recent = self.recent
+        # drop what is a day old (nothing is when the oldest is not: the test is exact)
+        if recent and (ts - recent[0][0] >= DAY or ts - min(recent)[0] >= DAY):
+            recent = self.recent = [r for r in recent if ts - r[0] < DAY]
         recent.append((ts, amount))
-        self.recent = recent[-RECENT_MAX:]
+        if len(recent) > RECENT_MAX:
+            del recent[:-RECENT_MAX]
         day = int(ts // DAY)
         if self.past_days is not None and day < self.past_days[0]:
             self.past_days = None

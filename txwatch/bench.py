@@ -560,17 +560,19 @@ def measure_throughput(b: Bench, opts: BenchOptions, out: dict[str, Any]) -> Non
 
 PROFILE_GROUPS = (
     ("source: Kafka poll, parse, watermarks", ("_ParsingPartition.next_batch",)),
-    ("terminal stage", ("_KeyedTerminal.on_item", "TerminalStage.")),
+    ("terminal stage", ("TerminalStage.", "TerminalState.", "_past_sums")),
     ("user stage: features", ("UserState.features",)),
     ("user stage: detector score", ("TxwDetector.score", "ZScoreDetector.score")),
     ("user stage: detector learn", ("TxwDetector.learn", "ZScoreDetector.learn")),
     ("user stage: user learn", ("UserState.learn",)),
     ("user stage: keep, explain, decision", ("TxwDetector.keep", "explain (",
                                              "Decision.__init__", "__create_fn__")),
-    ("user stage: other", ("UserStage.", "_KeyedUser.on_item")),
-    ("decisions to Kafka", ("decision_message", "_KafkaSinkPartition")),
+    ("user stage: other, ordering buffers", ("UserStage.", "_OrderedStage.",
+                                             "EventTimeBuffer.")),
+    ("decisions to Kafka", ("decision_message", "_KafkaSinkPartition", "_DecisionPartition")),
     ("alerts to PostgreSQL", ("alert_row", "_AlertPartition")),
-    ("metrics", ("_observe", "prometheus_client")),
+    ("metrics", ("_observe", "prometheus_client", "_BatchMetrics", "observe_all")),
+    ("garbage collector (freeze)", ("heap.py",)),
     ("routing (flat_map, map, filter)", ("route_terminal", "route_user", "shim_mapper",
                                          "shim_filter", "shim_predicate")),
 )
