@@ -32,3 +32,14 @@ def test_labels_are_ordered_by_transaction_time_and_can_be_taken_back():
     st.remove_label(12 * DAY, True)  # the chargeback was withdrawn
     f = st.features(13 * DAY)
     assert f["term_fraud_run"] == 0.0 and f["term_last3_frauds"] == 0.0
+
+
+def test_a_run_of_frauds_is_a_reason():
+    from operators.reasons import CODES, _terminal
+
+    out = _terminal({"term_fraud_run": 3.0}, {})
+    texts = {r.code: r.text for _, r in out}
+    assert texts["terminal_fraud_run"] == "the terminal's last 3 labelled transactions were fraud"
+    assert "terminal_fraud_run" in CODES
+    one = _terminal({"term_fraud_run": 1.0}, {})
+    assert not any(r.code == "terminal_fraud_run" for _, r in one)
