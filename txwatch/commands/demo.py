@@ -154,7 +154,7 @@ def run_demo(args: argparse.Namespace) -> int:
         _inject_malformed(brokers, settings.transactions_topic)
         producer = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "txwatch.cli", "produce", "--history-days",
-             str(args.history_days), "--rate", str(args.rate), "--label-delay",
+             str(args.history_days), *_pace(args.rate), "--label-delay",
              args.label_delay, "--customers", str(args.customers),
              "--terminals", str(args.terminals)],
             env=env, stdout=plog, stderr=plog, start_new_session=True,
@@ -206,6 +206,16 @@ def _inject_malformed(brokers: str, topic: str) -> None:
     p.flush(10)
 
 
+def _pace(rate: float | None) -> list[str]:
+    """The producer's pacing after the history: the customers' own pace (one simulated day per
+    day), unless a rate is asked for.
+
+    >>> _pace(None), _pace(20.0)
+    (['--compress', '86400'], ['--rate', '20.0'])
+    """
+    return ["--compress", "86400"] if rate is None else ["--rate", str(rate)]
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo", help="run the whole pipeline locally, with live progress",
@@ -216,11 +226,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--duration", type=float, default=0,
                    help="seconds to run once the pipeline is up (default: until Ctrl-C)")
-    p.add_argument("--rate", type=float, default=20, help="live events per second (20)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="live events per second (default: the simulated customers' own pace, "
+                   "about 0.1/s for 5,000 customers; a faster rate squeezes their days, so "
+                   "every customer then transacts like a spree and velocity alerts follow)")
     p.add_argument("--history-days", type=int, default=14,
                    help="days of compressed history streamed first (14)")
-    p.add_argument("--customers", type=int, default=1000, help="simulated customers (1000)")
-    p.add_argument("--terminals", type=int, default=2000, help="simulated terminals (2000)")
+    p.add_argument("--customers", type=int, default=5000, help="simulated customers (5000)")
+    p.add_argument("--terminals", type=int, default=10000, help="simulated terminals (10000)")
     p.add_argument("--label-delay", default="30s", help="wall-clock label delay (30s)")
     p.add_argument("--partitions", type=int, default=4, help="partitions per topic (4)")
     p.add_argument("--metrics-port", type=int, default=0, help="metrics port (free port)")
