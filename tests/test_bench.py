@@ -50,9 +50,10 @@ def test_bench_smoke_json(tmp_path):
                                                         "rss_bytes_per_user"}
     for name, v in _numbers(out):
         assert math.isfinite(v), name
-        if not name.startswith("load_avg"):
-            # an RSS delta over a few hundred users can round to nothing: >= 0 there
-            assert v >= 0 if name.endswith("rss_bytes_per_user") else v > 0, (name, v)
+        # the RSS growth over a thousand users is within the allocator's noise (it was
+        # once -647 B/user): the smoke run checks it is reported, the bench quotes 1 M
+        if not name.startswith("load_avg") and not name.endswith("rss_bytes_per_user"):
+            assert v > 0, (name, v)
     assert out["full_events"] == 1500 and out["baseline_events"] == 40
     assert out["passthrough_events"] == 3000
     assert out["ratio_full_passthrough"] == pytest.approx(

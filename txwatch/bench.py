@@ -30,6 +30,8 @@ directly (no Kafka); see its docstring for how the populations are built.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import json
 import math
@@ -813,6 +815,14 @@ def _decision_latencies(brokers: str, topic: str, sent: dict[str, int],
 
 # --------------------------------------------------------------------------------------------
 # state
+def _trim_heap() -> None:
+    """Hand freed heap back to the OS (glibc ``malloc_trim``) so a later RSS reading is not
+    lowered by memory freed before it: without it the growth over a small population can
+    even come out negative."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: only noisier readings
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -900,6 +910,7 @@ def measure_state(opts: BenchOptions, log: Log, out: dict[str, Any]) -> None:
     tracemalloc.stop()
     del probe
     gc.collect()
+    _trim_heap()
     users: dict[str, Any] = {}
     base = _rss_bytes()
     by: dict[str, dict[str, float]] = {}
