@@ -7,18 +7,28 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-WORKDIR /app
-COPY pyproject.toml README.md ./
+# The build compiles the per-event modules with mypyc (setup.py), which needs a C compiler;
+# the compiler is removed again in the same layer. Built in /src and installed into
+# site-packages, then /src is removed: a source tree in the working directory would be
+# imported before the installed, compiled package.
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
 COPY txwatch ./txwatch
 COPY dataflow ./dataflow
 COPY operators ./operators
 COPY sinks ./sinks
 COPY producer ./producer
 COPY migrations ./migrations
-RUN pip install . \
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install . \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* /src \
+    && cd / && python -c "from operators.native import summary; assert summary() == 'compiled'" \
     && useradd --system --uid 10001 --no-create-home --home-dir /app txwatch \
-    && mkdir /recovery \
+    && mkdir /app /recovery \
     && chown txwatch /recovery
+WORKDIR /app
 
 # /recovery is the Bytewax recovery directory; compose mounts a volume shared by all workers.
 VOLUME ["/recovery"]

@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench clean help
+.PHONY: install native demo test lint bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -14,10 +14,18 @@ $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	TXWATCH_PURE_PYTHON=1 $(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
-install: $(BIN)/.installed  ## create .venv with every extra
+# The per-event modules compiled by mypyc (operators/native.py lists them), rebuilt beside
+# their sources whenever an operator changes; txwatch runs them as plain Python without it.
+$(BIN)/.native: $(BIN)/.installed setup.py $(wildcard operators/*.py operators/models/*.py)
+	$(BIN)/python setup.py -q build_ext --inplace >/dev/null
+	@touch $@
+
+install: $(BIN)/.native  ## create .venv with every extra, compile the hot path
+
+native: $(BIN)/.native  ## recompile the hot path (mypyc) after editing operators/
 
 demo: install  ## run the whole pipeline on embedded Kafka and PostgreSQL (ARGS="--duration 60")
 	$(BIN)/txwatch demo $(ARGS)
@@ -25,7 +33,7 @@ demo: install  ## run the whole pipeline on embedded Kafka and PostgreSQL (ARGS=
 test: install  ## install, then run every test (unit, integration, browser, Prometheus)
 	bash scripts/ensure-debian-packages.sh prometheus chromium
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	TXWATCH_REQUIRE_NATIVE=1 $(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: install  ## ruff
 	$(BIN)/ruff check .
@@ -33,5 +41,6 @@ lint: install  ## ruff
 bench: install  ## txwatch bench (prints figures)
 	$(BIN)/txwatch bench $(ARGS)
 
-clean:  ## remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+clean:  ## remove the virtualenv, caches and compiled modules
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info build
+	find . -name '*.so' -not -path './$(VENV)/*' -delete

@@ -20,7 +20,21 @@ def __getattr__(name: str) -> Any:
 
         settings = get_settings()
         setup_logging(settings)
+        _log_native()
         f = build_flow(settings)
         globals()["flow"] = f
         return f
     raise AttributeError(name)
+
+
+def _log_native() -> None:
+    """Say whether the hot path runs compiled, and warn of modules compiled before an edit."""
+    import logging
+
+    from operators.native import stale, summary
+
+    log = logging.getLogger("txwatch.dataflow")
+    log.info("per-event modules: %s (operators.native)", summary())
+    if stale():
+        log.warning("compiled modules older than their sources run stale code: %s; "
+                    "rebuild them with `make native`", ", ".join(stale()))

@@ -455,4 +455,8 @@ def make_detector_factory(settings: Settings) -> Callable[[Any], Detector]:
         min_history = settings.min_history
         return lambda state: ZScoreDetector(min_history=min_history, state=state)
     params = params_from_settings(settings)
+    # start-up, not per event: a first detector imports river and builds the shared model
+    # structures once per process, here, when the flow is built, rather than when a stage's
+    # first item arrives (seconds of delay on the first decisions otherwise)
+    TxwDetector(params)
     return lambda state: TxwDetector(params, state)  # type: ignore[return-value]

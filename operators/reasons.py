@@ -212,7 +212,7 @@ def explain(features: dict[str, float], components: dict[str, float]) -> list[Re
         if len(out) == MAX_REASONS:
             break
     if not out:
-        r = _combined(components)
-        if r is not None:
-            out.append(r)
+        combined = _combined(components)
+        if combined is not None:
+            out.append(combined)
     return out

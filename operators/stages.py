@@ -42,11 +42,12 @@ from operators.terminal import TerminalState
 from operators.user import UserState
 from txwatch.metrics import child, get_metrics
 
-STATE_VERSION = 4
+STATE_VERSION = 5
 """Layout version of the stages' snapshots. A release that changes the layout bumps it; an
 older snapshot is refused with instructions for a warm start (see README, Recovery).
 3: the terminal's latest labels and the user's trip flag (model txw-1.2); 4: event times
-stored in ``Txn`` and ``Label`` (the batch stages)."""
+stored in ``Txn`` and ``Label`` (the batch stages); 5: the alert budget's histogram pickles
+by its constructor's arguments (the compiled modules, ``operators.native``)."""
 
 KIND_LABEL = 0  # labels sort before transactions of the same instant
 KIND_TXN = 1
@@ -571,16 +572,11 @@ class UserStage(_OrderedStage):
         local_hour = None
         if t.utc_offset_minutes is not None:
             local_hour = int(((ts + t.utc_offset_minutes * 60) // 3600) % 24)
-        kw = {
-            "terminal": t.terminal_id,
-            "merchant": t.merchant_id,
-            "category": t.merchant_category,
-            "country": t.country,
-            "lat": t.lat,
-            "lon": t.lon,
-            "local_hour": local_hour,
-        }
-        feats = user.features(ts, amount, **kw)
+        terminal, merchant, category = t.terminal_id, t.merchant_id, t.merchant_category
+        country, lat, lon = t.country, t.lat, t.lon
+        feats = user.features(ts, amount, terminal=terminal, merchant=merchant,
+                              category=category, country=country, lat=lat, lon=lon,
+                              local_hour=local_hour)
         feats.update(term_feats)
         detector = self.detector
         score, comps = detector.score(user, feats)
@@ -610,7 +606,9 @@ class UserStage(_OrderedStage):
             snoozed=snoozed,
         )
         detector.learn(user, feats, score)
-        user.learn(ts, amount, protect=score >= threshold, dist_home=feats["dist_home_km"], **kw)
+        user.learn(ts, amount, terminal=terminal, merchant=merchant, category=category,
+                   country=country, lat=lat, lon=lon, local_hour=local_hour,
+                   protect=score >= threshold, dist_home=feats["dist_home_km"])
         pending = self.pending
         pending[t.transaction_id] = Pending(ts, detector.keep(feats, comps), d.is_alert)
         if len(pending) > self._pending_cap:  # bounded on insert: the oldest go first

@@ -52,6 +52,14 @@ class TerminalState:
     _past: tuple[int, tuple[int, ...]] | None = None
     """Cache: (day, window sums of the days before it); reset when a label changes them."""
 
+    # explicit, so that a compiled (mypyc) class and the plain one pickle alike
+    def __getstate__(self) -> tuple[object, ...]:
+        return tuple(getattr(self, s) for s in _FIELDS)
+
+    def __setstate__(self, st: tuple[object, ...]) -> None:
+        for s, v in zip(_FIELDS, st, strict=True):
+            setattr(self, s, v)
+
     def features(self, ts: float) -> dict[str, float]:
         today = int(ts // DAY)
         out: dict[str, float] = {}
@@ -94,10 +102,10 @@ class TerminalState:
         else:
             out["term_episode_days"] = NO_FRAUD_DAYS
         last = self.last_labels
-        out["term_last3_frauds"] = float(sum(1 for _, fr in last[-3:] if fr))
+        out["term_last3_frauds"] = float(sum(1 for lab in last[-3:] if lab[1]))
         run = 0
-        for _, fr in reversed(last):
-            if not fr:
+        for i in range(len(last) - 1, -1, -1):  # (indexed: mypyc mistypes reversed() here)
+            if not last[i][1]:
                 break
             run += 1
         out["term_fraud_run"] = float(run)
@@ -174,6 +182,11 @@ class TerminalState:
 
     def idle_since(self, ts: float) -> float:
         return ts - self.last_seen
+
+
+_FIELDS = ("days", "last_fraud_ts", "last_seen", "episode_start", "label_days", "last_labels",
+           "_past")
+"""TerminalState's fields in snapshot order."""
 
 
 def _past_sums(days: dict[int, list[int]], today: int,

@@ -58,34 +58,38 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 2 * EARTH_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
+_FIELDS = (
+    "abroad_trip",
+    "amounts",
+    "amt_m2",
+    "amt_mean",
+    "days",
+    "dist_mean",
+    "far_since",
+    "first_ts",
+    "home",
+    "hours",
+    "last_loc",
+    "last_ts",
+    "log_m2",
+    "log_mean",
+    "model",
+    "n",
+    "n_amounts",
+    "n_new_terminal",
+    "past_days",
+    "prev_travel",
+    "recent",
+    "score_q",
+    "seen",
+)
+"""UserState's slots, in snapshot order (a compiled class has no ``__slots__`` to read)."""
+
+
 class UserState:
     """Everything txwatch remembers about one user (models' state included by the scorer)."""
 
-    __slots__ = (
-        "abroad_trip",
-        "amounts",
-        "amt_m2",
-        "amt_mean",
-        "days",
-        "dist_mean",
-        "far_since",
-        "first_ts",
-        "home",
-        "hours",
-        "last_loc",
-        "last_ts",
-        "log_m2",
-        "log_mean",
-        "model",
-        "n",
-        "n_amounts",
-        "n_new_terminal",
-        "past_days",
-        "prev_travel",
-        "recent",
-        "score_q",
-        "seen",
-    )
+    __slots__ = _FIELDS
 
     def __init__(self) -> None:
         self.n = 0
@@ -114,10 +118,10 @@ class UserState:
 
     # --- pickling: compact tuples, no per-attribute dict ------------------------------------
     def __getstate__(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, s) for s in self.__slots__)
+        return tuple(getattr(self, s) for s in _FIELDS)
 
     def __setstate__(self, st: tuple[Any, ...]) -> None:
-        for s, v in zip(self.__slots__, st, strict=True):
+        for s, v in zip(_FIELDS, st, strict=True):
             setattr(self, s, v)
 
     # --- features ---------------------------------------------------------------------------
@@ -221,8 +225,8 @@ class UserState:
                 dist = haversine_km(lat, lon, self.home[0], self.home[1])
             if self.last_loc is not None and n:
                 hop = haversine_km(lat, lon, self.last_loc[0], self.last_loc[1])
-                hours = max((ts - self.last_ts) / HOUR, 1.0 / 60)  # at least a minute
-                speed = hop / hours
+                took = max((ts - self.last_ts) / HOUR, 1.0 / 60)  # at least a minute
+                speed = hop / took
         f["dist_home_km"] = dist
         f["hop_km"] = hop
         f["speed_kmh"] = speed

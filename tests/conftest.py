@@ -11,7 +11,16 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from operators.native import stale
 from txwatch.embedded import EmbeddedBroker, EmbeddedPostgres
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Python imports a compiled module before its source: after an edit, test the edit
+    if stale():
+        raise pytest.UsageError(
+            f"compiled modules older than their sources: {', '.join(stale())}; "
+            "run `make native` (or `make clean` to test the plain Python)")
 
 
 @pytest.fixture(scope="session")

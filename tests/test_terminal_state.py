@@ -43,3 +43,12 @@ def test_a_run_of_frauds_is_a_reason():
     assert "terminal_fraud_run" in CODES
     one = _terminal({"term_fraud_run": 1.0}, {})
     assert not any(r.code == "terminal_fraud_run" for _, r in one)
+
+
+def test_snapshot_fields_are_every_field():
+    # the explicit pickling (shared by the compiled and the plain class) must not drop one
+    from dataclasses import fields
+
+    from operators.terminal import _FIELDS
+
+    assert [f.name for f in fields(TerminalState)] == list(_FIELDS)

@@ -65,7 +65,7 @@ import math
 import struct
 from array import array
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -301,8 +301,21 @@ class HistogramQuantile:
             self.counts[j] += c
         self.n_updates += other.n_updates
 
+    def __reduce__(self) -> tuple[Callable[..., HistogramQuantile], tuple[Any, ...]]:
+        # explicit: a compiled (mypyc) class is rebuilt through its constructor, not __dict__
+        return (_histogram, (self.lo, self.hi, self.n_bins, self.scale, self.q,
+                             self.half_life, self.counts, self.n_updates))
+
     def __repr__(self) -> str:
         return (
             f"HistogramQuantile(lo={self.lo}, hi={self.hi}, n_bins={self.n_bins}, "
             f"scale={self.scale!r}, q={self.q}, half_life={self.half_life})"
         )
+
+
+def _histogram(lo: float, hi: float, n_bins: int, scale: Literal["linear", "log"], q: float,
+               half_life: int | None, counts: array, n_updates: int) -> HistogramQuantile:
+    h = HistogramQuantile(lo, hi, n_bins, scale, q, half_life)
+    h.counts = counts
+    h.n_updates = n_updates
+    return h

@@ -1,0 +1,86 @@
+"""Which modules of the per-event path run compiled (mypyc), and whether they are current.
+
+``setup.py`` compiles the modules of :data:`COMPILED` into C extensions placed beside their
+sources (``make native`` rebuilds them after an edit), and records the SHA-256 of each
+source it compiled in ``native-build.json`` beside this file. Python imports an extension
+before a source of the same name, so an extension built from another version of its source
+would run stale code: :func:`stale` names them, the test suite refuses to start with any,
+and the worker logs them at start.
+
+>>> from operators.native import COMPILED, status
+>>> sorted(status()) == sorted(COMPILED)
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+
+COMPILED = (
+    "operators.user",
+    "operators.detector",
+    "operators.terminal",
+    "operators.reasons",
+    "operators.models.quantile",
+)
+"""The modules compiled by mypyc, in build order (plain imports: no package state here)."""
+
+
+MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native-build.json")
+"""``{module: sha256 of the source compiled}``, written by ``setup.py`` at each build."""
+
+
+def source_hash(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def write_manifest(root: str) -> None:
+    """Record the sources being compiled (``setup.py`` calls it before compiling)."""
+    hashes = {m: source_hash(os.path.join(root, *m.split(".")) + ".py") for m in COMPILED}
+    with open(MANIFEST, "w") as f:
+        json.dump(hashes, f, indent=1, sort_keys=True)
+
+
+def _paths(module: str) -> tuple[str | None, str]:
+    spec = importlib.util.find_spec(module)
+    origin = spec.origin if spec is not None else None
+    base = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        *module.split("."))
+    return origin, base + ".py"
+
+
+def status() -> dict[str, str]:
+    """``{module: "compiled" | "python" | "stale"}`` for every module of :data:`COMPILED`."""
+    out: dict[str, str] = {}
+    built: dict[str, str] | None = None
+    for module in COMPILED:
+        origin, source = _paths(module)
+        if origin is None or origin.endswith(".py"):
+            out[module] = "python"
+            continue
+        if built is None:
+            try:
+                with open(MANIFEST) as f:
+                    built = json.load(f)
+            except (OSError, ValueError):
+                built = {}
+        fresh = os.path.exists(source) and built.get(module) == source_hash(source)
+        out[module] = "compiled" if fresh else "stale"
+    return out
+
+
+def stale() -> list[str]:
+    """The compiled modules whose source changed after they were compiled."""
+    return [m for m, s in status().items() if s == "stale"]
+
+
+def summary() -> str:
+    """One word for logs and benchmarks: ``compiled``, ``python``, ``mixed`` or ``stale``."""
+    values = set(status().values())
+    if "stale" in values:
+        return "stale"
+    return values.pop() if len(values) == 1 else "mixed"
