@@ -14,12 +14,13 @@ Both are dev/demo dependencies: production points ``TXWATCH_KAFKA_BROKERS`` and
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,27 @@ class EmbeddedBroker:
         self.stop()
 
 
+EMBEDDED_KAFKA_CONFIG = {"fetch.wait.max.ms": "5"}
+"""librdkafka settings for the embedded broker: Tansu answers a fetch when
+``fetch.wait.max.ms`` (500 ms by default) is up rather than when data arrives, which real
+Kafka does as soon as ``fetch.min.bytes`` are there (docs/benchmarks.md, What bounds latency).
+"""
+
+
+def embedded_kafka_extra(environ: Mapping[str, str] | None = None) -> str:
+    """``TXWATCH_KAFKA_EXTRA_CONFIG`` for a flow on the embedded broker: the environment's own
+    settings, plus :data:`EMBEDDED_KAFKA_CONFIG` where it does not set them.
+
+    >>> embedded_kafka_extra({})
+    '{"fetch.wait.max.ms": "5"}'
+    >>> embedded_kafka_extra({"TXWATCH_KAFKA_EXTRA_CONFIG": '{"fetch.wait.max.ms": "50"}'})
+    '{"fetch.wait.max.ms": "50"}'
+    """
+    env = os.environ if environ is None else environ
+    own = json.loads(env.get("TXWATCH_KAFKA_EXTRA_CONFIG") or "{}")
+    return json.dumps({**EMBEDDED_KAFKA_CONFIG, **own})
+
+
 def flow_env(brokers: str, dsn: str, topics: dict[str, str]) -> dict[str, str]:
     """The ``TXWATCH_*`` variables that point a flow process at these brokers, this database
     and these topics (keys ``transactions``, ``labels``, ``controls``, ``dlq``, ``decisions``),
@@ -127,6 +149,7 @@ def flow_env(brokers: str, dsn: str, topics: dict[str, str]) -> dict[str, str]:
         "TXWATCH_DECISIONS_TOPIC": topics["decisions"],
         "TXWATCH_KAFKA_TAIL": "false",
         "TXWATCH_METRICS_PORT": "0",
+        "TXWATCH_KAFKA_EXTRA_CONFIG": embedded_kafka_extra(),
     }
 
 

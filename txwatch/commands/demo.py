@@ -25,6 +25,7 @@ from txwatch.embedded import (
     EmbeddedBroker,
     EmbeddedPostgres,
     create_topics,
+    embedded_kafka_extra,
     free_port,
     wait_for,
 )
@@ -137,6 +138,8 @@ def run_demo(args: argparse.Namespace) -> int:
             "TXWATCH_METRICS_PORT": str(metrics_port),
             "TXWATCH_KAFKA_BATCH_SIZE": "200",
         }
+        if broker is not None:
+            env["TXWATCH_KAFKA_EXTRA_CONFIG"] = embedded_kafka_extra()
         log = open(workdir / "worker.log", "ab")  # noqa: SIM115 - closed at exit
         worker = subprocess.Popen(
             [sys.executable, "-m", "bytewax.run", "dataflow"],
