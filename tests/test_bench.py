@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from operators.native import summary as native_summary
 from txwatch.bench import RunResult, _hist_quantile, _pct, cluster_eps, profile_summary
 from txwatch.commands.bench import format_table
 
@@ -52,8 +54,19 @@ def test_bench_smoke_json(tmp_path):
         assert math.isfinite(v), name
         # the RSS growth over a thousand users is within the allocator's noise (it was
         # once -647 B/user): the smoke run checks it is reported, the bench quotes 1 M
-        if not name.startswith("load_avg") and not name.endswith("rss_bytes_per_user"):
+        if not name.startswith("load_avg") and not name.endswith("rss_bytes_per_user") \
+                and name != "compiled":
             assert v > 0, (name, v)
+    # the compiled flow is measured against the same flow as plain Python, same alerts
+    assert out["compiled"] == (1.0 if native_summary() == "compiled" else 0.0)
+    if os.environ.get("TXWATCH_REQUIRE_NATIVE") == "1":
+        assert out["compiled"] == 1.0
+    if out["compiled"]:
+        assert out["full_python_events"] == out["full_events"]
+        assert out["full_python_alerts"] == out["full_alerts"]
+        assert out["ratio_compiled_python"] == pytest.approx(
+            out["full_eps"] / out["full_python_eps"])
+        assert "compiled / plain Python" in format_table(out, "txw-test")
     assert out["full_events"] == 1500 and out["baseline_events"] == 40
     assert out["passthrough_events"] == 3000
     assert out["ratio_full_passthrough"] == pytest.approx(

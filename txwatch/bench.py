@@ -38,6 +38,7 @@ import math
 import os
 import pickle
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -406,9 +407,22 @@ class Bench:
         return env
 
     # --- one measured run -------------------------------------------------------------------
+    def python_tree(self) -> Path:
+        """A copy of txwatch's sources without the compiled modules (``operators.native``):
+        the same flow as plain Python, to measure the compiled one against, side by side."""
+        dst = self.dir / "python"
+        if not dst.exists():
+            for pkg in ("dataflow", "operators", "sinks", "producer", "txwatch", "migrations"):
+                shutil.copytree(ROOT / pkg, dst / pkg,
+                                ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+        return dst
+
+    def python_env(self, env: dict[str, str]) -> dict[str, str]:
+        return {**env, "PYTHONPATH": str(self.python_tree())}
+
     def start(self, kind: str, env: dict[str, str], *, processes: int = 1,
               limit: int | None = None, train: Sequence[float] = (), ready: bool = False,
-              metrics_port: int = 0) -> tuple[Any, Path]:
+              metrics_port: int = 0, cwd: Path | None = None) -> tuple[Any, Path]:
         """Start a measured run (a :class:`~txwatch.commands.cluster.Cluster` of ``processes``
         processes of one worker each); returns the cluster and the run's directory."""
         from txwatch.commands.cluster import Cluster
@@ -425,7 +439,8 @@ class Bench:
                 "ready": str(rdir / "ready") if ready else None}
         (rdir / "spec.json").write_text(json.dumps(spec))
         cl = Cluster(processes=processes, flow=f"txwatch.bench:bench_flow({kind!r})",
-                     env={**env, SPEC_ENV: str(rdir / "spec.json")}, cwd=ROOT, log_dir=rdir,
+                     env={**env, SPEC_ENV: str(rdir / "spec.json")}, cwd=cwd or ROOT,
+                     log_dir=rdir,
                      max_restarts=0, metrics_port=metrics_port, kill_on_parent_death=True)
         cl.start()
         return cl, rdir
@@ -495,7 +510,10 @@ def cluster_eps(results: list[RunResult]) -> float:
 # --------------------------------------------------------------------------------------------
 # sections
 def measure_throughput(b: Bench, opts: BenchOptions, out: dict[str, Any]) -> None:
-    """Passthrough, full and baseline, ``repeats`` times each, interleaved, on one topic."""
+    """Passthrough, full and baseline, ``repeats`` times each, interleaved, on one topic;
+    with the hot path compiled, also the full flow as plain Python (``full_python``)."""
+    from operators.native import summary as native_summary
+
     log = b.log
     topics = b.topics("tput")
     n_full = min(opts.full_events or opts.events, opts.events)
@@ -508,11 +526,19 @@ def measure_throughput(b: Bench, opts: BenchOptions, out: dict[str, Any]) -> Non
     train = [float(json.loads(v)["amount"]) for _k, v in sim_lines(10_000, seed=1)]
     runs: dict[str, list[RunResult]] = {"passthrough": [], "full": [], "baseline": []}
     limits = {"passthrough": None if n == opts.events else n, "full": n_full,
-              "baseline": n_base}
+              "baseline": n_base, "full_python": n_full}
+    # with the hot path compiled (operators.native), the same flow as plain Python beside it
+    compiled = native_summary() == "compiled"
+    out["compiled"] = 1.0 if compiled else 0.0
+    if compiled:
+        runs["full_python"] = []
     for rep in range(opts.repeats):
-        for kind in ("passthrough", "full", "baseline"):
+        for kind in runs:
             limit = limits[kind]
-            (r,) = b.run(kind, b.env(topics, b.database()),
+            env = b.env(topics, b.database())
+            (r,) = b.run("full" if kind == "full_python" else kind,
+                         b.python_env(env) if kind == "full_python" else env,
+                         cwd=b.python_tree() if kind == "full_python" else None,
                          limit=limit if limit is not None and limit < n else None,
                          train=train if kind == "baseline" else ())
             expect = limit if limit is not None else n
@@ -522,7 +548,7 @@ def measure_throughput(b: Bench, opts: BenchOptions, out: dict[str, Any]) -> Non
             log(f"run {rep + 1}/{opts.repeats} {kind:<11} {r.processed:>8,} events in "
                 f"{r.seconds:6.2f} s: {r.processed / r.seconds:>9,.0f} ev/s "
                 f"(CPU {r.cpu_seconds / r.seconds:4.0%} of a core"
-                + (f", {r.alerts:,} alerts)" if kind == "full" else ")"))
+                + (f", {r.alerts:,} alerts)" if kind.startswith("full") else ")"))
     for kind, rs in runs.items():
         xs = [r.processed / r.seconds for r in rs]
         out[f"{kind}_eps"] = statistics.median(xs)
@@ -531,9 +557,17 @@ def measure_throughput(b: Bench, opts: BenchOptions, out: dict[str, Any]) -> Non
         out[f"{kind}_eps_per_cpu_second"] = statistics.median(
             r.processed / max(1e-9, r.cpu_seconds) for r in rs)
         out[f"{kind}_events"] = rs[0].processed
+        if kind.startswith("full"):
+            out[f"{kind}_alerts"] = statistics.median(r.alerts for r in rs)
     out["ratio_full_passthrough"] = out["full_eps"] / out["passthrough_eps"]
     out["ratio_full_baseline"] = out["full_eps"] / out["baseline_eps"]
-    out["full_alerts"] = statistics.median(r.alerts for r in runs["full"])
+    if compiled:
+        out["ratio_compiled_python"] = out["full_eps"] / out["full_python_eps"]
+        out["ratio_compiled_python_per_cpu_second"] = (
+            out["full_eps_per_cpu_second"] / out["full_python_eps_per_cpu_second"])
+        if out["full_python_alerts"] != out["full_alerts"]:
+            raise RuntimeError(f"compiled and plain Python flows disagree: "
+                               f"{out['full_alerts']} against {out['full_python_alerts']} alerts")
     out["repeats"] = opts.repeats
     if opts.processes:
         by: dict[str, float] = {}

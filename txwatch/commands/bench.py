@@ -45,13 +45,17 @@ def format_table(res: dict[str, Any], version: str) -> str:
             verdict = f"target {op} {bound:,.0f}: {'met' if ok else 'MISSED'}"
         rows.append((name, _fmt(res[key], unit), (extra + "  " + verdict).strip()))
 
-    for kind in ("passthrough", "full", "baseline"):
+    names = {"full_python": "full, plain Python"}
+    for kind in ("passthrough", "full", "full_python", "baseline"):
         if f"{kind}_eps" in res:
-            row(f"{kind} (1 process)", f"{kind}_eps", " ev/s",
+            row(f"{names.get(kind, kind)} (1 process)", f"{kind}_eps", " ev/s",
                 f"{res[f'{kind}_events']:,} events, median of {res['repeats']} "
                 f"(min {_fmt(res[f'{kind}_eps_min'])}, max {_fmt(res[f'{kind}_eps_max'])}; "
                 f"{_fmt(res[f'{kind}_eps_per_cpu_second'])} per CPU second)")
     row("full / passthrough", "ratio_full_passthrough")
+    row("compiled / plain Python", "ratio_compiled_python", "",
+        f"per CPU second {_fmt(res.get('ratio_compiled_python_per_cpu_second', math.nan))}; "
+        "same alerts")
     row("full / baseline", "ratio_full_baseline")
     for k, v in res.get("eps_by_processes", {}).items():
         rows.append((f"full, {k} process(es)", _fmt(v, " ev/s"), ""))
