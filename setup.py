@@ -28,7 +28,7 @@ def _ext_modules() -> list:
     paths = [m.replace(".", "/") + ".py" for m in COMPILED]
     write_manifest(os.path.dirname(os.path.abspath(__file__)))
     return mypycify(["--ignore-missing-imports", "--follow-imports=skip", *paths],
-                    opt_level="3")
+                    opt_level="3", group_name="operators._native")
 
 
 setup(ext_modules=_ext_modules())

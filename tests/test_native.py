@@ -165,3 +165,16 @@ def test_snapshots_load_across_compiled_and_plain_python(pure_tree, tmp_path):
     assert results[("c", "p")][2] == "python"
     if os.environ.get("TXWATCH_REQUIRE_NATIVE") == "1":
         assert results[("p", "c")][2] == "compiled"
+
+
+def test_installed_package_imports_from_any_directory(tmp_path):
+    """As the ``txwatch`` command runs it: no source tree on the path, only the install
+    (the compiled modules' shared library must be found inside the package)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run(
+        [sys.executable, "-c", "import operators.native as n, operators.user as u; "
+         "print(n.summary(), u.UserState().n)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    mode, n = res.stdout.split()
+    assert n == "0" and mode == summary()
