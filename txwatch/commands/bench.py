@@ -54,8 +54,7 @@ def format_table(res: dict[str, Any], version: str) -> str:
                 f"{_fmt(res[f'{kind}_eps_per_cpu_second'])} per CPU second)")
     row("full / passthrough", "ratio_full_passthrough")
     row("compiled / plain Python", "ratio_compiled_python", "",
-        f"per CPU second {_fmt(res.get('ratio_compiled_python_per_cpu_second', math.nan))}; "
-        "same alerts")
+        f"per CPU second {_fmt(res.get('ratio_compiled_python_per_cpu_second', math.nan))}")
     row("full / baseline", "ratio_full_baseline")
     for k, v in res.get("eps_by_processes", {}).items():
         rows.append((f"full, {k} process(es)", _fmt(v, " ev/s"), ""))
