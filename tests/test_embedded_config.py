@@ -15,7 +15,7 @@ def test_flows_on_the_embedded_broker_do_not_wait_out_each_fetch(monkeypatch):
 
 
 def test_the_users_own_kafka_settings_are_kept_and_win(monkeypatch):
-    own = {"fetch.wait.max.ms": "50", "security.protocol": "SSL"}
+    own = {"fetch.wait.max.ms": "100", "security.protocol": "SSL"}
     monkeypatch.setenv("TXWATCH_KAFKA_EXTRA_CONFIG", json.dumps(own))
     assert json.loads(embedded_kafka_extra()) == own
     assert json.loads(embedded_kafka_extra({})) == EMBEDDED_KAFKA_CONFIG
