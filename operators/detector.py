@@ -225,6 +225,9 @@ class TxwDetector:
         self._mf_x: Any = None
         self._travel: tuple[Any, float] = (None, 0.0)
         self._trip: tuple[Any, bool] = (None, False)
+        self._leaves: tuple[Any, tuple[int, ...] | None, tuple[int, ...] | None] = (
+            None, None, None)
+        self._user_hst = params.user_model != "iforest"
 
     # ------------------------------------------------------------------------------------
     def _pop_amount_z(self, amount: float) -> float:
@@ -301,10 +304,17 @@ class TxwDetector:
             behaviour = fisher_z(ps) * math.sqrt(n / (n + 10.0))
         x = self._mf_x = model_features(f)
         self._mf_f = f
+        # (the Half-Space Trees return the leaves x reaches, so that learning it after the
+        # decision does not route it through every tree again)
         own = 0.0
+        own_leaves: tuple[int, ...] | None = None
         if user.model is not None:
-            own = self.user_model.score(user.model, x)
-        pop = self.pop_model.score(self.pop_masses, x)
+            if self._user_hst:
+                own, own_leaves = self.user_model.score_leaves(user.model, x)
+            else:
+                own = self.user_model.score(user.model, x)
+        pop, pop_leaves = self.pop_model.score_leaves(self.pop_masses, x)
+        self._leaves = (f, own_leaves, pop_leaves)
         pop_amount = self._pop_amount_z(f["amount"])
         # a burst: many transactions *and* unusual circumstances (seconds apart, new
         # terminals, tiny amounts) are two pieces of evidence, combined as Stouffer's z
@@ -398,14 +408,25 @@ class TxwDetector:
             self.budget_thr = self.budget.get()
         if score >= self.p.threshold:
             return  # protect the anomaly models from what they flag
-        # the model features of `f` were built when it was scored: reuse them
+        # the model features of `f` were built when it was scored: reuse them, and the
+        # leaves it reached in the trees
         x = self._mf_x if self._mf_f is f else model_features(f)
         self._mf_f = self._mf_x = None
+        lf, own_leaves, pop_leaves = self._leaves
+        self._leaves = (None, None, None)
+        if lf is not f:
+            own_leaves = pop_leaves = None
         if user.model is None:
-            user.model = (self.user_model.new_state() if self.p.user_model == "iforest"
-                          else self.user_model.new_masses())
-        self.user_model.learn(user.model, x)
-        self.pop_model.learn(self.pop_masses, x)
+            user.model = (self.user_model.new_masses() if self._user_hst
+                          else self.user_model.new_state())
+        if own_leaves is not None:
+            self.user_model.learn_leaves(user.model, own_leaves)
+        else:
+            self.user_model.learn(user.model, x)
+        if pop_leaves is not None:
+            self.pop_model.learn_leaves(self.pop_masses, pop_leaves)
+        else:
+            self.pop_model.learn(self.pop_masses, x)
         self.amount_n += 1
         d = f["log_amount"] - self.amount_mean
         self.amount_mean += d / self.amount_n

@@ -111,6 +111,27 @@ def test_score_learn_is_score_then_learn() -> None:
     assert fused == split
 
 
+def test_score_leaves_then_learn_leaves_is_score_then_learn() -> None:
+    s = HSTStructure(LIMITS, n_trees=10, height=3, window_size=20, seed=1)
+    routed, split = s.new_masses(), s.new_masses()
+    skipped = missing = 0
+    for i, x in enumerate(_stream(500, 3)):
+        a, leaves = s.score_leaves(routed, x)
+        assert a == s.score(split, x)
+        if i % 7 == 3:  # a flagged point is not learnt
+            skipped += 1
+            continue
+        if leaves is None:  # a missing feature: the caller learns through learn()
+            assert len(x) < len(LIMITS)
+            missing += 1
+            s.learn(routed, x)
+        else:
+            assert len(leaves) == s.n_trees
+            s.learn_leaves(routed, leaves)
+        s.learn(split, x)
+    assert routed == split and skipped > 50 and missing > 5
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     values=st.lists(st.floats(-10, 30, allow_nan=False), min_size=40, max_size=200),

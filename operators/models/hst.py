@@ -284,7 +284,8 @@ class HSTStructure:
             (self.features, self.n_trees, h, self.window_size, self.split_features, self.thresholds)
         ).encode()
         self.fingerprint = zlib.crc32(key)
-        self._score_fn, self._learn_fn, self._score_learn_fn = _compile(self)
+        (self._score_fn, self._learn_fn, self._score_learn_fn,
+         self._score_leaves_fn) = _compile(self)
 
     def new_masses(self) -> HSTMasses:
         """A fresh per-user state: all masses zero, scores 0.0 until a window is complete."""
@@ -381,6 +382,29 @@ class HSTStructure:
         ready = masses.ready
         self._count(masses)
         return 1.0 - total / self.max_score if ready else 0.0
+
+    def score_leaves(self, masses: HSTMasses, x: Mapping[str, float]
+                     ) -> tuple[float, tuple[int, ...] | None]:
+        """:meth:`score`, and the leaves ``x`` reaches, for :meth:`learn_leaves`: a scorer
+        that may learn the point afterwards routes it once instead of twice. The leaves are
+        ``None`` when a feature is missing (then :meth:`learn` routes it)."""
+        if masses._owner is not self:
+            self._adopt(masses)
+        try:
+            total, leaves = self._score_leaves_fn(x, masses.s)
+        except KeyError:
+            return self.score(masses, x), None
+        return (1.0 - total / self.max_score if masses.ready else 0.0), leaves
+
+    def learn_leaves(self, masses: HSTMasses, leaves: tuple[int, ...]) -> None:
+        """:meth:`learn` of the point that reached ``leaves`` (from :meth:`score_leaves` of
+        this structure): the same counts, without routing it again."""
+        if masses._owner is not self:
+            self._adopt(masses)
+        latest = masses.l
+        for k in leaves:
+            latest[k] += 1
+        self._count(masses)
 
     def _count(self, m: HSTMasses) -> None:
         m.counter += 1
@@ -492,7 +516,7 @@ def _compile(st: HSTStructure) -> tuple[Callable[..., Any], ...]:
             pad = "    " * (depth + 1)
             if depth == st.height:
                 k = t * nl + node - (nl - 1)
-                out.append(pad + body.format(k=k))
+                out.append(pad + body.format(k=k, t=t))
                 return
             f, thr = st.split_features[t][node], st.thresholds[t][node]
             out.append(f"{pad}if x{f} < {thr!r}:")
@@ -515,9 +539,12 @@ def _compile(st: HSTStructure) -> tuple[Callable[..., Any], ...]:
             function("score", "x, s", "total += s[{k}]", "total"),
             function("learn", "x, l", "l[{k}] += 1", "None"),
             function("score_learn", "x, l, s", "total += s[{k}]; l[{k}] += 1", "total"),
+            function("score_leaves", "x, s", "total += s[{k}]; k{t} = {k}",
+                     "total, (" + "".join(f"k{t}, " for t in range(st.n_trees)) + ")"),
         ]
     )
     namespace: dict[str, Any] = {}
     code = compile(src, f"<hst {st.fingerprint:#010x}>", "exec")
     exec(code, namespace)  # noqa: S102  # generated from numbers and repr(str) only
-    return namespace["score"], namespace["learn"], namespace["score_learn"]
+    return (namespace["score"], namespace["learn"], namespace["score_learn"],
+            namespace["score_leaves"])
