@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 SortKey = tuple[float, int, str]
+NEVER_EXPIRES = float("inf")
+"""The arrival of an item that no hold timeout releases, only a watermark (see ``push``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +68,12 @@ class EventTimeBuffer:
         return ts < self.watermark
 
     def push(self, key: SortKey, item: Any, arrived: float = 0.0) -> None:
+        """Buffer ``item``. ``arrived`` (wall clock) starts its hold; ``NEVER_EXPIRES`` for an
+        item that only a watermark may release (labels: an expired hold moves the stage's
+        watermark up to the item's event time, and a label's is later than its transaction,
+        which may still be on its way from a lagging partition)."""
         self._n += 1
-        if not self._heap or self._first is None:
+        if self._first is None or arrived < self._first:
             self._first = arrived
         heapq.heappush(self._heap, (key, self._n, arrived, item))
 
@@ -94,9 +100,11 @@ class EventTimeBuffer:
         return out
 
     def oldest_arrival(self) -> float | None:
-        """A lower bound of the wall-clock arrival of the oldest buffered item (for the hold
-        timeout): O(1), exact again after each :meth:`expire`."""
-        return self._first if self._heap else None
+        """A lower bound of the wall-clock arrival of the oldest buffered item that a hold
+        timeout may release: O(1), exact again after each :meth:`expire`; ``None`` if none."""
+        if not self._heap or self._first is None or self._first == NEVER_EXPIRES:
+            return None
+        return self._first
 
     def expire(self, arrived_before: float) -> list[Any]:
         """Release, in order, everything up to the latest event time among items that have
@@ -119,7 +127,8 @@ class EventTimeBuffer:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "heap": [(h[0], h[1], 0.0, h[3]) for h in self._heap],
+            "heap": [(h[0], h[1], NEVER_EXPIRES if h[2] == NEVER_EXPIRES else 0.0, h[3])
+                     for h in self._heap],
             "marks": dict(self._marks),
             "n": self._n,
             "watermark": self.watermark,
@@ -130,8 +139,9 @@ class EventTimeBuffer:
     def restore(cls, snap: dict[str, Any]) -> EventTimeBuffer:
         b = cls(snap["origins"])
         now = time.time()  # held items keep waiting from the restart on
-        b._heap = [(h[0], h[1], now, h[3]) for h in snap["heap"]]
-        b._first = now if b._heap else None
+        b._heap = [(h[0], h[1], NEVER_EXPIRES if h[2] == NEVER_EXPIRES else now, h[3])
+                   for h in snap["heap"]]
+        b._first = min((h[2] for h in b._heap), default=None)
         heapq.heapify(b._heap)
         b._marks = dict(snap["marks"])
         b._n = snap["n"]

@@ -34,7 +34,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from operators import heap
 from operators.decision import decide_severity
-from operators.ordering import EventTimeBuffer, Watermark
+from operators.ordering import NEVER_EXPIRES, EventTimeBuffer, Watermark
 from operators.reasons import explain
 from operators.records import Control, Decision, Label, Reason, Txn
 from operators.scoring import Detector
@@ -328,6 +328,8 @@ class _OrderedStage(StatefulBatchLogic[Any, Any, bytes]):
             elif key[0] < buf.watermark:  # late: counted, processed at once
                 self.bm.late += 1
                 process(value, out)
+            elif key[1] == KIND_LABEL:  # released by watermarks only (see push)
+                buf.push(key, value, NEVER_EXPIRES)
             else:
                 if now is None:
                     now = _now()

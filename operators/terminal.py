@@ -139,7 +139,12 @@ class TerminalState:
             if day < int(self.last_seen // DAY) - HORIZON_DAYS:
                 return  # too old to matter
             b = self.days[day] = [0, 0, 0]
-        b[1] += 1
+        # only labels of transactions the day has counted: a label of one this terminal never
+        # saw (sent before the flow started, or whose transaction is still on its way) would
+        # put the day's fraud ratio above 100 %
+        counted = b[1] < b[0]
+        if counted:
+            b[1] += 1
         if label_ts is not None:
             lday = int(label_ts // DAY)
             lb = self.label_days.get(lday)
@@ -153,7 +158,8 @@ class TerminalState:
         if len(self.last_labels) > LAST_LABELS:
             del self.last_labels[0]
         if is_fraud:
-            b[2] += 1
+            if counted:
+                b[2] += 1
             gap = EPISODE_GAP_DAYS * DAY
             if self.last_fraud_ts is None or txn_ts - self.last_fraud_ts > gap:
                 if self.last_fraud_ts is None or txn_ts > self.last_fraud_ts:
