@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,34 +46,46 @@ class Watermark:
 
 
 class EventTimeBuffer:
-    """A heap of ``(sort_key, arrival, item)`` released in sort-key order up to the watermark.
+    """Heaps of ``(sort_key, n, arrival, item)`` released in sort-key order up to the watermark.
 
     ``origins`` is the number of distinct origins whose watermarks bound the stage: until all
     have reported, nothing is released by watermark (only by :meth:`drain` or :meth:`expire`).
+
+    Two watermarks: ``settled``, the minimum of the origins' watermarks (data only), and
+    ``watermark``, the release limit, which a hold timeout (:meth:`expire`) may raise above
+    it. Items pushed with ``arrived=NEVER_EXPIRES`` (labels) are released by ``settled``
+    only, or by :meth:`expire` when its ``ready`` says so; without hold timeouts (replay) the
+    two watermarks are equal and the release order is the plain sort-key order.
     """
 
-    __slots__ = ("_first", "_heap", "_marks", "_n", "origins", "watermark")
+    __slots__ = ("_first", "_heap", "_held", "_marks", "_n", "origins", "settled", "watermark")
 
     def __init__(self, origins: int) -> None:
         self.origins = origins
-        self._heap: list[tuple[SortKey, int, float, Any]] = []
+        self._heap: list[tuple[SortKey, int, float, Any]] = []  # items a hold timeout releases
+        self._held: list[tuple[SortKey, int, float, Any]] = []  # items only watermarks release
         self._marks: dict[str, float] = {}
         self._n = 0
-        self._first: float | None = None  # a lower bound of the oldest buffered arrival
+        self._first: float | None = None  # a lower bound of the oldest arrival in ``_heap``
         self.watermark = float("-inf")
+        self.settled = float("-inf")
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._heap) + len(self._held)
 
     def is_late(self, ts: float) -> bool:
         return ts < self.watermark
 
     def push(self, key: SortKey, item: Any, arrived: float = 0.0) -> None:
         """Buffer ``item``. ``arrived`` (wall clock) starts its hold; ``NEVER_EXPIRES`` for an
-        item that only a watermark may release (labels: an expired hold moves the stage's
-        watermark up to the item's event time, and a label's is later than its transaction,
-        which may still be on its way from a lagging partition)."""
+        item that no hold timeout releases, only the origins' watermarks (``settled``) or
+        :meth:`expire`'s ``ready``. Labels are such items: their event time (``label_time``)
+        is later than their transaction's, which may still be on its way from a lagging
+        origin, and a hold timeout releases everything up to the latest event time held."""
         self._n += 1
+        if arrived == NEVER_EXPIRES:
+            heapq.heappush(self._held, (key, self._n, arrived, item))
+            return
         if self._first is None or arrived < self._first:
             self._first = arrived
         heapq.heappush(self._heap, (key, self._n, arrived, item))
@@ -86,49 +99,83 @@ class EventTimeBuffer:
         if len(self._marks) < self.origins:
             return []
         wm = min(self._marks.values())
+        if wm > self.settled:
+            self.settled = wm
         if wm > self.watermark:
             self.watermark = wm
-        return self.release(self.watermark)
+        return [h[3] for h in self._pop(self.watermark, self.settled)]
 
     def release(self, upto: float) -> list[Any]:
+        """Release every item (held ones too) with an event time up to ``upto``, in order."""
+        return [h[3] for h in self._pop(upto, upto)]
+
+    def _pop(self, upto: float, held_upto: float) -> list[tuple[SortKey, int, float, Any]]:
+        """Pop, in ``(sort key, n)`` order, the items of ``_heap`` up to ``upto`` and those of
+        ``_held`` up to ``held_upto``."""
         out = []
-        heap = self._heap
-        while heap and heap[0][0][0] <= upto:
-            out.append(heapq.heappop(heap)[3])
+        heap, held = self._heap, self._held
+        if not held or held[0][0][0] > held_upto:  # the usual case: one heap
+            while heap and heap[0][0][0] <= upto:
+                out.append(heapq.heappop(heap))
+        else:
+            while True:
+                a = heap[0] if heap and heap[0][0][0] <= upto else None
+                b = held[0] if held and held[0][0][0] <= held_upto else None
+                if a is not None and (b is None or _order(a) < _order(b)):
+                    out.append(heapq.heappop(heap))
+                elif b is not None:
+                    out.append(heapq.heappop(held))
+                else:
+                    break
         if not heap:
             self._first = None
         return out
 
     def oldest_arrival(self) -> float | None:
         """A lower bound of the wall-clock arrival of the oldest buffered item that a hold
-        timeout may release: O(1), exact again after each :meth:`expire`; ``None`` if none."""
-        if not self._heap or self._first is None or self._first == NEVER_EXPIRES:
-            return None
-        return self._first
+        timeout may release: O(1), exact again after each :meth:`expire`; ``None`` if none
+        (held items never wake the stage up)."""
+        return self._first if self._heap else None
 
-    def expire(self, arrived_before: float) -> list[Any]:
-        """Release, in order, everything up to the latest event time among items that have
+    def expire(self, arrived_before: float,
+               ready: Callable[[Any], bool] | None = None) -> list[Any]:
+        """Release, in order, the items up to the latest event time among those that have
         waited since before ``arrived_before`` (wall clock): bounds latency when an origin
-        goes quiet. Only used in live mode; reproducible runs set the hold very large."""
+        goes quiet. Only used in live mode; reproducible runs set the hold very large.
+
+        Held items (``NEVER_EXPIRES``) do not count for that limit and are not released by
+        it, except those up to the limit for which ``ready(item)`` is true (a label whose
+        transaction the stage has already counted)."""
         limit = max((h[0][0] for h in self._heap if h[2] < arrived_before), default=None)
-        out = []
-        if limit is not None:
-            if limit > self.watermark:
-                self.watermark = limit
-            out = self.release(limit)
+        if limit is not None and limit > self.watermark:
+            self.watermark = limit
+        out = self._pop(self.watermark, self.settled)
+        held = self._held
+        if ready is not None and held:
+            upto = self.watermark
+            go = [h for h in held if h[0][0] <= upto and ready(h[3])]
+            if go:
+                gone = {h[1] for h in go}
+                held[:] = [h for h in held if h[1] not in gone]
+                heapq.heapify(held)
+                out += go
+                out.sort(key=_order)
         self._first = min((h[2] for h in self._heap), default=None)
-        return out
+        return [h[3] for h in out]
 
     def drain(self) -> list[Any]:
-        out = [h[3] for h in sorted(self._heap)]
+        out = [h[3] for h in sorted(self._heap + self._held, key=_order)]
         self._heap.clear()
+        self._held.clear()
         self._first = None
         return out
 
     def snapshot(self) -> dict[str, Any]:
+        """The buffer as plain data (held items keep ``NEVER_EXPIRES`` as their arrival; the
+        others' arrival is not kept: they wait again from the restart on)."""
         return {
-            "heap": [(h[0], h[1], NEVER_EXPIRES if h[2] == NEVER_EXPIRES else 0.0, h[3])
-                     for h in self._heap],
+            "heap": [(h[0], h[1], 0.0, h[3]) for h in self._heap]
+                    + [(h[0], h[1], NEVER_EXPIRES, h[3]) for h in self._held],
             "marks": dict(self._marks),
             "n": self._n,
             "watermark": self.watermark,
@@ -136,14 +183,27 @@ class EventTimeBuffer:
         }
 
     @classmethod
-    def restore(cls, snap: dict[str, Any]) -> EventTimeBuffer:
+    def restore(cls, snap: dict[str, Any],
+                held: Callable[[SortKey], bool] | None = None) -> EventTimeBuffer:
+        """The buffer of :meth:`snapshot`. ``held(key)``: whether an item is released by
+        watermarks only (for snapshots written before such items were marked in them)."""
         b = cls(snap["origins"])
         now = time.time()  # held items keep waiting from the restart on
-        b._heap = [(h[0], h[1], NEVER_EXPIRES if h[2] == NEVER_EXPIRES else now, h[3])
-                   for h in snap["heap"]]
-        b._first = min((h[2] for h in b._heap), default=None)
+        for key, n, arrived, item in snap["heap"]:
+            if arrived == NEVER_EXPIRES or (held is not None and held(key)):
+                b._held.append((key, n, NEVER_EXPIRES, item))
+            else:
+                b._heap.append((key, n, now, item))
         heapq.heapify(b._heap)
+        heapq.heapify(b._held)
+        b._first = now if b._heap else None
         b._marks = dict(snap["marks"])
         b._n = snap["n"]
         b.watermark = snap["watermark"]
+        if b._marks and len(b._marks) >= b.origins:
+            b.settled = min(min(b._marks.values()), b.watermark)
         return b
+
+
+def _order(h: tuple[SortKey, int, float, Any]) -> tuple[SortKey, int]:
+    return h[0], h[1]

@@ -53,6 +53,10 @@ KIND_LABEL = 0  # labels sort before transactions of the same instant
 KIND_TXN = 1
 
 
+def _is_label(key: tuple[float, int, str]) -> bool:
+    return key[1] == KIND_LABEL
+
+
 class IncompatibleSnapshot(RuntimeError):
     """A recovery snapshot was written by a release with another state layout."""
 
@@ -309,6 +313,12 @@ class _OrderedStage(StatefulBatchLogic[Any, Any, bytes]):
     def _on_watermark(self, wm: Watermark, out: list[Any]) -> None:
         return None
 
+    def _ready(self, label: Any) -> bool:
+        """Whether a label behind the hold's release limit (but not yet behind the origins'
+        watermark) may be processed now. Here always: a label reaches the user stage after
+        its transaction, through the same terminal shard (see :class:`TerminalStage`)."""
+        return True
+
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         out: list[Any] = []
         buf = self.buf
@@ -325,10 +335,12 @@ class _OrderedStage(StatefulBatchLogic[Any, Any, bytes]):
             key = self._sort_key(value)
             if key is None:  # not ordered (controls)
                 process(value, out)
-            elif key[0] < buf.watermark:  # late: counted, processed at once
+            elif key[0] < buf.watermark and (
+                key[1] != KIND_LABEL or key[0] < buf.settled or self._ready(value)
+            ):  # late: counted, processed at once
                 self.bm.late += 1
                 process(value, out)
-            elif key[1] == KIND_LABEL:  # released by watermarks only (see push)
+            elif key[1] == KIND_LABEL:  # released by watermarks (or _ready) only, see push
                 buf.push(key, value, NEVER_EXPIRES)
             else:
                 if now is None:
@@ -356,7 +368,7 @@ class _OrderedStage(StatefulBatchLogic[Any, Any, bytes]):
 
     def on_notify(self) -> tuple[Iterable[Any], bool]:
         out: list[Any] = []
-        for it in self.buf.expire(_now() - self.cfg.max_hold + 1e-3):
+        for it in self.buf.expire(_now() - self.cfg.max_hold + 1e-3, self._ready):
             self._take(it, out)
         self._on_watermark(Watermark("hold", self.buf.watermark, 0), out)
         self.bm.flush(self.stage)
@@ -390,7 +402,7 @@ class TerminalStage(_OrderedStage):
             self.sent_wm = float("-inf")
         else:
             snap = load_snapshot(resume, "terminal")
-            buf = EventTimeBuffer.restore(snap["buf"])
+            buf = EventTimeBuffer.restore(snap["buf"], _is_label)
             self.terminals = snap["terminals"]
             self.seen = snap["seen"]
             self.seen_order = deque(snap["seen_order"])
@@ -416,6 +428,12 @@ class TerminalStage(_OrderedStage):
         if tp is Label:
             return (item.label_ts, KIND_LABEL, item.transaction_id)
         return None
+
+    def _ready(self, label: Any) -> bool:
+        """A label is processed before the origins' watermark passes its label time only if
+        this stage has counted its transaction (a transaction from a lagging partition may
+        be behind it: counting the label first put a terminal's fraud ratio above 100 %)."""
+        return f"{label.user_id}\x00{label.transaction_id}" in self.seen
 
     def _take(self, item: Any, out: list[Any]) -> None:
         tp = type(item)
@@ -523,7 +541,7 @@ class UserStage(_OrderedStage):
             self.last_evict = float("-inf")
         else:
             snap = load_snapshot(resume, "user")
-            buf = EventTimeBuffer.restore(snap["buf"])
+            buf = EventTimeBuffer.restore(snap["buf"], _is_label)
             self.users = snap["users"]
             self.pending = snap["pending"]
             self.snoozes = snap["snoozes"]
