@@ -35,6 +35,7 @@ def _log_native() -> None:
 
     log = logging.getLogger("txwatch.dataflow")
     log.info("per-event modules: %s (operators.native)", summary())
-    if stale():
-        log.warning("compiled modules older than their sources run stale code: %s; "
-                    "rebuild them with `make native`", ", ".join(stale()))
+    old = stale()
+    if old:
+        log.warning("compiled modules built from other versions of their sources run stale "
+                    "code: %s; rebuild them with `make native`", ", ".join(old))

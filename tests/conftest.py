@@ -17,9 +17,10 @@ from txwatch.embedded import EmbeddedBroker, EmbeddedPostgres
 
 def pytest_configure(config: pytest.Config) -> None:
     # Python imports a compiled module before its source: after an edit, test the edit
-    if stale():
+    old = stale()
+    if old:
         raise pytest.UsageError(
-            f"compiled modules older than their sources: {', '.join(stale())}; "
+            f"compiled modules built from other versions of their sources: {', '.join(old)}; "
             "run `make native` (or `make clean` to test the plain Python)")
 
 
