@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 
 COMPILED = (
     "operators.user",
@@ -84,3 +85,17 @@ def summary() -> str:
     if "stale" in values:
         return "stale"
     return values.pop() if len(values) == 1 else "mixed"
+
+
+PACKAGES = ("dataflow", "operators", "sinks", "producer", "txwatch", "migrations")
+"""txwatch's top-level packages (pyproject.toml)."""
+
+
+def copy_plain(dst: str | os.PathLike[str]) -> None:
+    """Copy txwatch's sources to ``dst`` without the compiled modules: with ``dst`` first on
+    the path (and as the working directory), the same code runs as plain Python. The bench
+    and ``tests/test_native.py`` measure and compare the two builds with it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for pkg in PACKAGES:
+        shutil.copytree(os.path.join(root, pkg), os.path.join(dst, pkg),
+                        ignore=shutil.ignore_patterns("*.so", "__pycache__"))

@@ -9,18 +9,16 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from operators.native import COMPILED, stale, status, summary
+from operators.native import COMPILED, copy_plain, stale, status, summary
 from producer.simulator import SimConfig, iter_transactions
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("dataflow", "operators", "sinks", "producer", "txwatch", "migrations")
 
 
 def test_every_module_is_compiled_when_required():
@@ -39,9 +37,7 @@ def test_every_module_is_compiled_when_required():
 def pure_tree(tmp_path_factory) -> Path:
     """The sources alone, without any compiled module: what runs without mypyc."""
     dst = tmp_path_factory.mktemp("pure")
-    for pkg in PACKAGES:
-        shutil.copytree(ROOT / pkg, dst / pkg,
-                        ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    copy_plain(dst)
     return dst
 
 

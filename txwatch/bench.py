@@ -38,7 +38,6 @@ import math
 import os
 import pickle
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -410,11 +409,11 @@ class Bench:
     def python_tree(self) -> Path:
         """A copy of txwatch's sources without the compiled modules (``operators.native``):
         the same flow as plain Python, to measure the compiled one against, side by side."""
+        from operators.native import copy_plain
+
         dst = self.dir / "python"
         if not dst.exists():
-            for pkg in ("dataflow", "operators", "sinks", "producer", "txwatch", "migrations"):
-                shutil.copytree(ROOT / pkg, dst / pkg,
-                                ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+            copy_plain(dst)
         return dst
 
     def python_env(self, env: dict[str, str]) -> dict[str, str]:
