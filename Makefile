@@ -19,7 +19,9 @@ $(BIN)/.installed: pyproject.toml
 
 # The per-event modules compiled by mypyc (operators/native.py lists them), rebuilt beside
 # their sources whenever an operator changes; txwatch runs them as plain Python without it.
+# (extensions of earlier builds go first: one of a module no longer compiled would shadow it)
 $(BIN)/.native: $(BIN)/.installed setup.py $(wildcard operators/*.py operators/models/*.py)
+	rm -f operators/*.so operators/models/*.so
 	$(BIN)/python setup.py -q build_ext --inplace >/dev/null
 	@touch $@
 

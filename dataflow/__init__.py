@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataflow.build import FlowIO, build_flow
+from dataflow.build import FlowIO, build_flow, tune_gc
 
 __all__ = ["FlowIO", "build_flow", "flow"]
 
@@ -22,6 +22,7 @@ def __getattr__(name: str) -> Any:
         setup_logging(settings)
         _log_native()
         f = build_flow(settings)
+        tune_gc(settings)
         globals()["flow"] = f
         return f
     raise AttributeError(name)

@@ -18,6 +18,7 @@ Step ids are recovery keys: never rename one without a state migration.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import sys
@@ -87,6 +88,20 @@ def recovery_enabled(settings: Settings) -> bool:
 
 def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def tune_gc(settings: Settings) -> None:
+    """Collect young garbage every ``TXWATCH_GC_THRESHOLD`` allocations instead of every 700
+    (the flow's state is long-lived; its per-event garbage is freed by reference counting,
+    not by the cycle collector), and freeze what exists now (modules, models' shared
+    structures) out of every later collection. Process-wide, so the entry points that own
+    their process call it (the worker's ``dataflow.flow``, ``txwatch replay``, the bench),
+    not :func:`build_flow`."""
+    if settings.gc_threshold <= 0:
+        return
+    _, g1, g2 = gc.get_threshold()
+    gc.set_threshold(settings.gc_threshold, max(g1, 50), max(g2, 100))
+    gc.freeze()
 
 
 def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:

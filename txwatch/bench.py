@@ -302,6 +302,9 @@ def bench_flow(kind: str) -> Any:
     settings = Settings()
     train = json.loads(Path(spec["train"]).read_text()) if spec.get("train") else ()
     flow = build_measured_flow(kind, settings, train)
+    from dataflow.build import tune_gc
+
+    tune_gc(settings)  # as the worker's `dataflow.flow` does (all three kinds alike)
     # (the full flow's one-time start-up, river's import and the shared model structures, is
     # done when it is built: operators.detector.make_detector_factory)
     atexit.register(_write_result, kind, spec["results"])

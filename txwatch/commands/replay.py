@@ -36,11 +36,14 @@ def run_replay(
     db_url: str | None = None,
     workers: int = 1,
     progress: bool = True,
+    own_process: bool = False,
 ) -> dict[str, float]:
-    """Run the flow over ``input_path``; returns counts and the events per second."""
+    """Run the flow over ``input_path``; returns counts and the events per second.
+    ``own_process``: the replay owns its process (the CLI), so it may tune the garbage
+    collector for the flow (:func:`dataflow.build.tune_gc`)."""
     from bytewax.testing import TestingSink, cluster_main, run_main
 
-    from dataflow.build import FlowIO, build_flow
+    from dataflow.build import FlowIO, build_flow, tune_gc
     from dataflow.sources import ReplaySource
     from sinks.scores import JsonLinesSink
 
@@ -75,6 +78,8 @@ def run_replay(
             decisions=JsonLinesSink(out),
         )
         flow = build_flow(s, io)
+        if own_process:
+            tune_gc(s)
         if workers == 1:
             run_main(flow)
         else:
@@ -107,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"txwatch replay: no such file: {args.input}", file=sys.stderr)
         return 2
     run_replay(args.input, args.scores, label_delay=delay, dlq_path=args.dlq, db_url=args.db,
-               workers=args.workers)
+               workers=args.workers, own_process=True)
     return 0
 
 
