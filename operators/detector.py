@@ -97,13 +97,52 @@ DAY_EDGES = (1.0, 3.0, 5.0, 7.0, 8.0, 10.0, 14.0, 21.0, 28.0, 35.0, 59.0)
 
 
 def _bin(prefix: str, v: float, edges: tuple[float, ...]) -> str:
-    """``prefix:i`` where ``i`` is the number of edges at or below ``v``."""
+    """``prefix:i`` where ``i`` is the number of edges at or below ``v`` (one string per bin,
+    made once: the supervised inputs of every event name their bins with these).
+
+    >>> _bin("z", 2.5, Z_EDGES), _bin("z", 0.0, Z_EDGES) is _bin("z", 0.5, Z_EDGES)
+    ('z:2', True)
+    """
     i = 0
     for e in edges:
         if v < e:
             break
         i += 1
-    return f"{prefix}:{i}"
+    names = _BIN_NAMES.get(prefix)
+    if names is None:
+        names = _BIN_NAMES[prefix] = [f"{prefix}:{k}" for k in range(len(edges) + 1)]
+    return names[i]
+
+
+_BIN_NAMES: dict[str, list[str]] = {}
+
+
+def _count_name(prefix: str, v: float) -> str:
+    """``prefix:int(v)`` for small counts (the terminal's recent label counts), made once."""
+    k = int(v)
+    names = _COUNT_NAMES.get(prefix)
+    if names is None:
+        names = _COUNT_NAMES[prefix] = [f"{prefix}:{i}" for i in range(8)]
+    return names[k] if 0 <= k < 8 else f"{prefix}:{k}"
+
+
+_COUNT_NAMES: dict[str, list[str]] = {}
+
+SUP_KEYS = (
+    "anomaly", "user_amount", "pop_amount", "velocity", "travel", "behaviour", "hst",
+    "log_amount", "term_risk_1d", "term_risk_7d", "term_risk_30d", "term_lab_risk_30d",
+    "term_recent_lab_risk", "new_terminal", "cold",
+)
+"""The supervised model's numeric inputs, in order; one-hot bins follow them."""
+
+
+def sup_dict(values: Any, bins: tuple[str, ...]) -> dict[str, float]:
+    """The supervised model's input dict from its numeric inputs (in :data:`SUP_KEYS` order)
+    and the names of its one-hot bins."""
+    x = {k: float(v) for k, v in zip(SUP_KEYS, values, strict=True)}
+    for b in bins:
+        x[b] = 1.0
+    return x
 
 
 def fisher_z(pvalues: list[float]) -> float:
@@ -335,42 +374,51 @@ class TxwDetector:
             "maturity": maturity,
         }
 
-    def sup_features(self, f: dict[str, float], c: dict[str, float]) -> dict[str, float]:
+    def sup_inputs(self, f: dict[str, float], c: dict[str, float]
+                   ) -> tuple[list[float], tuple[str, ...]]:
         """Inputs of the supervised model: the components and one-hot bins of the features
-        that carry the most label information (binning lets a linear model learn steps)."""
-        x = {
-            "anomaly": min(c["anomaly"], Z_MAX) / Z_MAX,
-            "user_amount": c["user_amount"] / Z_MAX,
-            "pop_amount": c["pop_amount"] / Z_MAX,
-            "velocity": c["velocity"] / Z_MAX,
-            "travel": c["travel"] / Z_MAX,
-            "behaviour": c["behaviour"] / Z_MAX,
-            "hst": c.get(self.p.user_model, 0.0),
-            "log_amount": f["log_amount"] / 7.0,
-            "term_risk_1d": f.get("term_risk_1d", 0.0),
-            "term_risk_7d": f.get("term_risk_7d", 0.0),
-            "term_risk_30d": f.get("term_risk_30d", 0.0),
-            "term_lab_risk_30d": f.get("term_lab_risk_30d", 0.0),
-            "term_recent_lab_risk": f.get("term_recent_lab_risk", 0.0),
-            "new_terminal": f["new_terminal"],
-            "cold": 1.0 - c["maturity"],
-        }
-        x[_bin("amt", f["amount"], AMOUNT_EDGES)] = 1.0
-        x[_bin("z", c["user_amount"], Z_EDGES)] = 1.0
-        x[_bin("tep", f.get("term_episode_days", 60.0), DAY_EDGES)] = 1.0
+        that carry the most label information (binning lets a linear model learn steps), as
+        the numeric inputs in :data:`SUP_KEYS` order and the names of the bins that are on."""
+        values = [
+            min(c["anomaly"], Z_MAX) / Z_MAX,
+            c["user_amount"] / Z_MAX,
+            c["pop_amount"] / Z_MAX,
+            c["velocity"] / Z_MAX,
+            c["travel"] / Z_MAX,
+            c["behaviour"] / Z_MAX,
+            c.get(self.p.user_model, 0.0),
+            f["log_amount"] / 7.0,
+            f.get("term_risk_1d", 0.0),
+            f.get("term_risk_7d", 0.0),
+            f.get("term_risk_30d", 0.0),
+            f.get("term_lab_risk_30d", 0.0),
+            f.get("term_recent_lab_risk", 0.0),
+            f["new_terminal"],
+            1.0 - c["maturity"],
+        ]
         # the terminal's latest labels: how many of the last 3 were fraud, and the run of
         # frauds ending the last 5 (a compromised terminal's labels are all fraud)
-        x[f"tl3:{int(f.get('term_last3_frauds', 0.0))}"] = 1.0
-        x[f"trun:{int(f.get('term_fraud_run', 0.0))}"] = 1.0
-        return x
+        bins = (
+            _bin("amt", f["amount"], AMOUNT_EDGES),
+            _bin("z", c["user_amount"], Z_EDGES),
+            _bin("tep", f.get("term_episode_days", 60.0), DAY_EDGES),
+            _count_name("tl3", f.get("term_last3_frauds", 0.0)),
+            _count_name("trun", f.get("term_fraud_run", 0.0)),
+        )
+        return values, bins
+
+    def sup_features(self, f: dict[str, float], c: dict[str, float]) -> dict[str, float]:
+        """The supervised model's input dict (see :meth:`sup_inputs`)."""
+        values, bins = self.sup_inputs(f, c)
+        return sup_dict(values, bins)
 
     def score(self, user: UserState, f: dict[str, float]) -> tuple[float, dict[str, float]]:
         c = self.components(user, f)
         final = c["anomaly"]
         if self.frauds_learnt >= self.p.sup_min_frauds:
-            x = self.sup_features(f, c)
-            self._last_f, self._last_x = f, x
-            p = self.sup.predict_proba_one(x).get(True, 0.0)
+            values, bins = self._last_x = self.sup_inputs(f, c)
+            self._last_f = f
+            p = self.sup.predict_proba_one(sup_dict(values, bins)).get(True, 0.0)
             c["supervised"] = p
             # on the z-like scale: p = 0.5 -> 2.5, 0.66 -> 3.5, 0.9 -> 5.8, 0.99 -> 9.4
             lg = math.log(max(p, 1e-12) / max(1.0 - p, 1e-12))
@@ -434,14 +482,24 @@ class TxwDetector:
 
     def keep(self, f: dict[str, float], c: dict[str, float]) -> tuple[Any, ...]:
         """What is kept of a transaction until its label arrives: its supervised inputs as a
-        compact tuple (keys, values) — about 200 bytes instead of a dict."""
-        x = self._last_x if self._last_f is f else self.sup_features(f, c)
+        compact tuple (names of its bins, numeric inputs as 32-bit floats), about 250 bytes
+        pickled with the bins' names shared, instead of a dict."""
+        if self._last_f is f:
+            values, bins = self._last_x
+        else:
+            values, bins = self.sup_inputs(f, c)
         self._last_f = self._last_x = None
-        return (tuple(x), array("f", x.values()))
+        return (bins, array("f", values))
 
     def learn_label(self, kept: tuple[Any, ...], is_fraud: bool) -> None:
-        keys, values = kept
-        self.sup.learn_one(dict(zip(keys, values, strict=True)), is_fraud)
+        names, values = kept
+        if len(names) == len(values):
+            # kept by release 1.2 (state version 5, still read): every input's name beside
+            # its value, the bins' ones included
+            x = dict(zip(names, values, strict=True))
+        else:
+            x = sup_dict(values, names)
+        self.sup.learn_one(x, is_fraud)
         self.labels_learnt += 1
         if is_fraud:
             self.frauds_learnt += 1
