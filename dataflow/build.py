@@ -115,7 +115,7 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     S = settings.logical_shards
     tx_source = io.transactions or TransactionSource(settings)
     n_parts = len(tx_source.list_parts()) if hasattr(tx_source, "list_parts") else 1
-    cfg = stage_config(settings, n_parts)
+    cfg = stage_config(settings, n_parts, labels=io.use_labels)
     worker = _worker_name()
     m = get_metrics()
 

@@ -99,6 +99,9 @@ class StageConfig:
     label_horizon: float = 35 * 86400.0
     max_pending_labels: int = 2_000_000
     detector_factory: Callable[[Any], Detector] = field(default=lambda state: _default(state))
+    labels: bool = True
+    """Whether labels can reach the flow (it has a label input): without, the user stage keeps
+    nothing of a scored transaction for its label (``txwatch replay --no-labels``)."""
     snapshots: bool = True
     """Bytewax asks for snapshots at every epoch even without recovery; when recovery is off
     the stages answer with an empty marker instead of pickling all their state."""
@@ -629,10 +632,11 @@ class UserStage(_OrderedStage):
         user.learn(ts, amount, terminal=terminal, merchant=merchant, category=category,
                    country=country, lat=lat, lon=lon, local_hour=local_hour,
                    protect=score >= threshold, dist_home=feats["dist_home_km"])
-        pending = self.pending
-        pending[t.transaction_id] = Pending(ts, detector.keep(feats, comps), d.is_alert)
-        if len(pending) > self._pending_cap:  # bounded on insert: the oldest go first
-            pending.popitem(last=False)
+        if cfg.labels:
+            pending = self.pending
+            pending[t.transaction_id] = Pending(ts, detector.keep(feats, comps), d.is_alert)
+            if len(pending) > self._pending_cap:  # bounded on insert: the oldest go first
+                pending.popitem(last=False)
         bm = self.bm
         bm.decision(d)
         if comps.get("maturity", 1.0) < 0.5:

@@ -87,3 +87,18 @@ def test_observe_all_equals_one_observe_per_value():
                 if not s.name.endswith("_created")}
 
     assert samples(r1) == samples(r2)  # buckets, count and sum (exact here)
+
+
+def test_without_a_label_input_nothing_is_kept_for_labels_and_scores_are_the_same():
+    txns = _txns(300)
+    runs = {}
+    for labels in (True, False):
+        cfg = stage_config(SETTINGS, 1, snapshots=False, labels=labels)
+        term, user = TerminalStage("t0", cfg, None), UserStage("u0", cfg, None, "w")
+        decided = user.on_batch(list(term.on_batch(txns)[0]) + list(term.on_eof()[0]))[0]
+        decided = list(decided) + list(user.on_eof()[0])
+        runs[labels] = ([(d.txn.transaction_id, d.score, d.severity) for d in decided],
+                        len(user.pending))
+    assert runs[True][1] == 300  # each scored transaction waits for its label...
+    assert runs[False][1] == 0  # ...unless no label can come
+    assert runs[False][0] == runs[True][0] and len(runs[True][0]) == 300
