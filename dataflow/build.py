@@ -54,6 +54,8 @@ class FlowIO:
     decisions: Sink[Any] | None = None
     use_labels: bool = True
     use_controls: bool = True
+    labels_in_transactions: bool = False
+    """The transactions source also emits labels (``txwatch replay`` with a label delay)."""
 
 
 def stage_config(settings: Settings, source_partitions: int, **kw: Any) -> StageConfig:
@@ -115,7 +117,8 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     S = settings.logical_shards
     tx_source = io.transactions or TransactionSource(settings)
     n_parts = len(tx_source.list_parts()) if hasattr(tx_source, "list_parts") else 1
-    cfg = stage_config(settings, n_parts, labels=io.use_labels)
+    cfg = stage_config(settings, n_parts,
+                       labels=io.use_labels or io.labels_in_transactions)
     worker = _worker_name()
     m = get_metrics()
 

@@ -100,6 +100,18 @@ def test_no_label_leakage(sim_file, tmp_path):
     assert any(sa[t] != sb[t] for t in after), "labels had no effect at all"
 
 
+def test_replayed_labels_reach_the_supervised_model(sim_file, tmp_path):
+    """With a label delay the file's labels teach the supervised model (its component joins
+    the scores once enough frauds were learnt); without, it never does."""
+    runs = {}
+    for name, delay in (("labels", 3 * 86400), ("none", None)):
+        out = tmp_path / f"{name}.jsonl"
+        run_replay(str(sim_file), str(out), label_delay=delay, progress=False)
+        runs[name] = [json.loads(x)["components"] for x in out.open()]
+    assert sum("supervised" in c for c in runs["labels"]) > len(runs["labels"]) // 4
+    assert not any("supervised" in c for c in runs["none"])
+
+
 def test_score_before_learn_and_reasons_for_an_amount_spike():
     items = history("alice", 40)
     spike = txn("alice-spike", "alice", 900.0, T0 + timedelta(days=16), terminal_id="T1",

@@ -73,6 +73,7 @@ def run_replay(
                                       progress=on_progress),
             use_labels=False,
             use_controls=False,
+            labels_in_transactions=label_delay is not None,
             alerts=alerts_sink,
             dead_letters=TestingSink(dead),
             decisions=JsonLinesSink(out),
