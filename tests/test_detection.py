@@ -37,6 +37,7 @@ def run_items(items: list, settings=SETTINGS) -> dict[str, Decision]:
     items = [*items, Watermark("test", float("inf"), 1)]
     out: list = []
     io = FlowIO(transactions=TestingSource(items), use_labels=False, use_controls=False,
+                labels_in_transactions=True,
                 alerts=TestingSink([]), dead_letters=TestingSink([]),
                 decisions=TestingSink(out))
     run_main(build_flow(settings, io))
