@@ -139,7 +139,7 @@ SUP_KEYS = (
 def sup_dict(values: Any, bins: tuple[str, ...]) -> dict[str, float]:
     """The supervised model's input dict from its numeric inputs (in :data:`SUP_KEYS` order)
     and the names of its one-hot bins."""
-    x = dict(zip(SUP_KEYS, values))  # (built-ins: a third of the time of a comprehension)
+    x = dict(zip(SUP_KEYS, values, strict=True))  # (built-ins: faster than a comprehension)
     for b in bins:
         x[b] = 1.0
     return x
