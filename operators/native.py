@@ -74,9 +74,30 @@ def status() -> dict[str, str]:
     return out
 
 
+def orphans() -> list[str]:
+    """Extensions beside txwatch's sources for modules that are no longer compiled (left by
+    an earlier build): Python would import one before its source, running old code."""
+    import importlib.machinery
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    found = []
+    for pkg in ("operators", os.path.join("operators", "models")):
+        d = os.path.join(root, pkg)
+        for name in sorted(os.listdir(d)):
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+                if name.endswith(suffix):
+                    module = ".".join([*pkg.split(os.sep), name[: -len(suffix)]])
+                    if module not in COMPILED and not name.startswith("_native__"):
+                        found.append(module)
+                    break
+    return found
+
+
 def stale() -> list[str]:
-    """The compiled modules whose source changed after they were compiled."""
-    return [m for m, s in status().items() if s == "stale"]
+    """The compiled modules whose source changed after they were compiled, and extensions of
+    modules no longer compiled (:func:`orphans`, named with a note)."""
+    return ([m for m, s in status().items() if s == "stale"]
+            + [f"{m} (no longer compiled: a leftover of an earlier build)" for m in orphans()])
 
 
 def summary() -> str:

@@ -174,3 +174,22 @@ def test_installed_package_imports_from_any_directory(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     mode, n = res.stdout.split()
     assert n == "0" and mode == summary()
+
+
+def test_an_extension_left_by_an_earlier_build_is_reported(tmp_path):
+    """An extension of a module no longer in COMPILED would shadow its source: stale() names
+    it (the suite and the worker refuse or warn), and `make native` removes it."""
+    import importlib.machinery
+
+    from operators import native
+
+    ghost = Path(native.__file__).with_name(
+        "decision" + importlib.machinery.EXTENSION_SUFFIXES[0])
+    assert not ghost.exists()
+    ghost.write_bytes(b"")
+    try:
+        assert "operators.decision" in native.orphans()
+        assert any(m.startswith("operators.decision (no longer compiled") for m in stale())
+    finally:
+        ghost.unlink()
+    assert "operators.decision" not in native.orphans()
