@@ -133,7 +133,6 @@ class TerminalState:
         """A label for a transaction at ``txn_ts`` (a later label for the same transaction
         replaces the earlier one: callers pass ``undo`` labels through :meth:`remove_label`)."""
         day = int(txn_ts // DAY)
-        self._past = None
         b = self.days.get(day)
         if b is None:
             if day < int(self.last_seen // DAY) - HORIZON_DAYS:
@@ -145,6 +144,12 @@ class TerminalState:
         counted = b[1] < b[0]
         if counted:
             b[1] += 1
+            past = self._past
+            if past is not None and day < past[0]:
+                # the cached sums of the days before `past[0]` take the label in (every
+                # transaction is labelled in the handbook's protocol: summing 30 days again
+                # after each label cost more than the label itself)
+                self._past = (past[0], _with_label(past[1], past[0], day, is_fraud))
         if label_ts is not None:
             lday = int(label_ts // DAY)
             lb = self.label_days.get(lday)
@@ -195,14 +200,27 @@ _FIELDS = ("days", "last_fraud_ts", "last_seen", "episode_start", "label_days", 
 """TerminalState's fields in snapshot order."""
 
 
+def _with_label(sums: tuple[int, ...], today: int, day: int, is_fraud: bool
+                ) -> tuple[int, ...]:
+    """``sums`` (of :func:`_past_sums` for ``today``) with one more labelled transaction of
+    ``day`` (a fraud if ``is_fraud``) in every window that holds that day."""
+    out = list(sums)
+    for i, w in enumerate(WINDOWS):
+        if day >= today - w + 1:
+            out[3 * i + 1] += 1
+            if is_fraud:
+                out[3 * i + 2] += 1
+    return tuple(out)
+
+
 def _past_sums(days: dict[int, list[int]], today: int,
                prev: tuple[int, tuple[int, ...]] | None) -> tuple[int, ...]:
     """``(transactions, labelled, frauds)`` of each window's days before ``today``.
 
     From the sums cached for an earlier day when there are some (the days that left each
     window subtracted, those that entered added: integers, so exactly the full sums), else
-    by summing the window. The cache is only kept while no bucket inside it changes (a
-    label or a late transaction drops it), and a new bucket prunes only days older than
+    by summing the window. A label updates the cache (:func:`_with_label`); a late
+    transaction or a replaced label drops it; a new bucket prunes only days older than
     every window.
     """
     sums: list[int] = []

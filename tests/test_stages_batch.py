@@ -102,3 +102,24 @@ def test_without_a_label_input_nothing_is_kept_for_labels_and_scores_are_the_sam
     assert runs[True][1] == 300  # each scored transaction waits for its label...
     assert runs[False][1] == 0  # ...unless no label can come
     assert runs[False][0] == runs[True][0] and len(runs[True][0]) == 300
+
+
+def test_terminal_sums_updated_by_each_label_equal_the_full_sums():
+    """Every transaction labelled some days later (the handbook's protocol): the cached
+    window sums take each label in and stay equal to summing the buckets again."""
+    rng = random.Random(11)
+    st = TerminalState()
+    day = 86_400.0
+    ts = 200 * day
+    seen: list[tuple[float, bool]] = []
+    for i in range(4_000):
+        ts += rng.expovariate(1 / 5_000.0)
+        while seen and seen[0][0] < ts - rng.choice((0.5, 2.0, 7.0)) * day:
+            t0, fraud = seen.pop(0)
+            st.apply_label(t0, fraud, ts)
+        fresh = copy.deepcopy(st)
+        fresh._past = None
+        assert st.features(ts) == fresh.features(ts), i
+        st.learn_txn(ts)
+        seen.append((ts, rng.random() < 0.2))
+    assert st._past is not None
