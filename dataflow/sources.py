@@ -21,7 +21,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING
@@ -231,7 +230,8 @@ class _ReplayPartition(StatefulSourcePartition[Any, tuple[int, float]]):
             if not raw.strip():
                 continue
             try:
-                t = self.parser.parse(raw, now)
+                obj = self.parser.load(raw)
+                t = self.parser.from_object(obj, now)
             except InvalidMessage as e:
                 child(m.invalid, "transactions").inc()
                 child(m.consumed, "invalid").inc()
@@ -245,7 +245,7 @@ class _ReplayPartition(StatefulSourcePartition[Any, tuple[int, float]]):
             if ts > self.max_ts:
                 self.max_ts = ts
             if self.label_delay is not None:
-                self._label_for(raw, t)
+                self._label_for(obj, t)
         if self.eof:
             while self.labels:
                 out.append(heapq.heappop(self.labels)[2])
@@ -254,13 +254,10 @@ class _ReplayPartition(StatefulSourcePartition[Any, tuple[int, float]]):
             self.progress(self.line)
         return out
 
-    def _label_for(self, raw: bytes, t: Any) -> None:
+    def _label_for(self, obj: dict[str, Any], t: Any) -> None:
         # the handbook's protocol: every transaction is labelled from the file's ground
         # truth, `label_delay` after it happened. Only this source reads `is_fraud`.
-        try:
-            fraud = bool(orjson.loads(raw).get("is_fraud", 0))
-        except ValueError:  # orjson.JSONDecodeError is a ValueError
-            return
+        fraud = bool(obj.get("is_fraud", 0))
         lt = t.timestamp + timedelta(seconds=self.label_delay or 0.0)
         lb = Label(t.transaction_id, t.user_id, t.terminal_id, "fraud" if fraud else "legit",
                    t.timestamp, lt)

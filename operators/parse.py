@@ -131,8 +131,17 @@ class TxnParser:
         self.rates = {k.upper(): Decimal(v) for k, v in settings.currency_rates.items()}
 
     def parse(self, raw: bytes, received_at: float = 0.0, kafka_ts: float | None = None) -> Txn:
+        return self.from_object(self.load(raw), received_at, kafka_ts)
+
+    def load(self, raw: bytes) -> dict[str, Any]:
+        """The message as a JSON object (:meth:`parse` is ``from_object(load(raw))``: a
+        caller that also reads other fields of the message decodes it once)."""
+        return _loads(raw, self.settings.max_message_bytes)
+
+    def from_object(self, obj: dict[str, Any], received_at: float = 0.0,
+                    kafka_ts: float | None = None) -> Txn:
+        """The transaction of a decoded message (see :meth:`load`)."""
         s = self.settings
-        obj = _loads(raw, s.max_message_bytes)
         tx_id = _req_str(obj, "transaction_id")
         user_id = _req_str(obj, "user_id")
         if "amount" not in obj or obj["amount"] is None:
