@@ -482,8 +482,8 @@ class TxwDetector:
 
     def keep(self, f: dict[str, float], c: dict[str, float]) -> tuple[Any, ...]:
         """What is kept of a transaction until its label arrives: its supervised inputs as a
-        compact tuple (names of its bins, numeric inputs as 32-bit floats), about 250 bytes
-        pickled with the bins' names shared, instead of a dict."""
+        compact tuple (names of its bins, shared; numeric inputs as 32-bit floats): 189 bytes
+        in memory, 181 pickled alone, about 95 in a snapshot (pickle shares the names)."""
         if self._last_f is f:
             values, bins = self._last_x
         else:
