@@ -292,3 +292,42 @@ def test_inputs_are_not_mutated() -> None:
         s.score_learn(m, x)
         s.score(m, x)
         assert x == before
+
+
+def _path_scores_per_node(st, r) -> list[int]:
+    """The definition, one node at a time: masses summed up from the leaves, then each
+    leaf's path score from the root, stopping below ``size_limit`` (river's scoring)."""
+    h, nl = st.height, st.n_leaves
+    out: list[int] = []
+    for t in range(st.n_trees):
+        levels = [list(r[t * nl:(t + 1) * nl])]
+        for _ in range(h):
+            below = levels[-1]
+            levels.append([a + b for a, b in zip(below[::2], below[1::2], strict=True)])
+        levels.reverse()
+        acc, live = [levels[0][0]], [levels[0][0] >= st.size_limit]
+        for d in range(1, h + 1):
+            acc = [acc[k >> 1] + (m << d) if live[k >> 1] else acc[k >> 1]
+                   for k, m in enumerate(levels[d])]
+            live = [live[k >> 1] and m >= st.size_limit for k, m in enumerate(levels[d])]
+        out += acc
+    return out
+
+
+@pytest.mark.parametrize(("trees", "height", "window"), [(25, 6, 255), (10, 4, 64), (3, 1, 8)])
+def test_reference_path_scores_equal_the_per_node_definition(trees, height, window):
+    rng = random.Random(trees * 100 + height)
+    st = HSTStructure({"a": (0.0, 1.0), "b": (0.0, 1.0)}, n_trees=trees, height=height,
+                      window_size=window, seed=3)
+    m = st.new_masses()
+    nl = st.n_leaves
+    for _ in range(200):
+        for i in range(len(m.r)):
+            m.r[i] = 0
+        for t in range(trees):  # a window's points per tree, spread over a few leaves
+            hot = rng.sample(range(nl), rng.choice((1, 2, min(5, nl), nl)))
+            for _ in range(rng.choice((0, 1, window // 3, window))):
+                m.r[t * nl + rng.choice(hot)] += 1
+        st._set_reference(m)
+        assert list(m.s) == _path_scores_per_node(st, m.r)
+        assert m.ready == any(m.r)
