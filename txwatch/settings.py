@@ -141,8 +141,8 @@ class Settings(BaseSettings):
     gc_threshold: int = Field(default=50_000, ge=0)
     """TXWATCH_GC_THRESHOLD: allocations between two young-generation collections of Python's
     cycle collector (Python's default is 700; 0 keeps it). Each event allocates a few dozen
-    short-lived objects, so the default collects every few events: 50,000 made replay 8-25 %
-    faster (see docs/benchmarks.md) for a few MB more of garbage awaiting collection."""
+    short-lived objects, so the default collects every few events: 50,000 made replay 6-25 %
+    faster at the same peak memory (see docs/benchmarks.md)."""
     recovery_partitions: int = 16
     """TXWATCH_RECOVERY_PARTITIONS: recovery partitions ``txwatch cluster`` creates: at least
     the number of workers of the largest cluster you will run."""
