@@ -42,7 +42,7 @@ from operators.scoring import Detector, ZScoreDetector
 from operators.user import HOME_RADIUS_KM, UserState
 from txwatch.settings import Settings
 
-VERSION = "txw-1.2"
+VERSION = "txw-1.3"
 _ND = NormalDist()
 Z_MAX = 12.0
 AIRPORT_HOURS = 2.0
@@ -338,7 +338,9 @@ class TxwDetector:
             ps = [1.0 - math.exp(-rate * gap) if gap >= 0 else 1.0]
             if f["new_terminal"]:
                 ps.append(f["new_terminal_rate"])
-            ps.append(min(1.0, f["amt_pctl"] + 1.0 / 33))
+            # (its p-value pooled with those of the last hour's amounts: a run of small
+            # amounts, as in card testing, is stronger evidence than any one of them)
+            ps.append(f["amt_p_burst"])
             ps.append(f["hour_p"])
             behaviour = fisher_z(ps) * math.sqrt(n / (n + 10.0))
         x = self._mf_x = model_features(f)

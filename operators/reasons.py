@@ -12,6 +12,7 @@ the most salient ones above :data:`MIN_SALIENCE` become the decision's reasons.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from operators.records import Reason
@@ -20,6 +21,7 @@ CODES: dict[str, str] = {
     "amount_vs_user_mean": "amount far above the user's 30-day mean",
     "amount_vs_user_median": "amount far above the user's usual amounts (robust z-score)",
     "amount_percentile": "amount above every recent amount of the user",
+    "small_amounts": "a run of small amounts within an hour (card testing)",
     "new_terminal": "first transaction at this terminal",
     "new_merchant": "first transaction at this merchant",
     "new_category": "first transaction in this merchant category",
@@ -63,6 +65,13 @@ def _amount(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
     if p >= 1.0 and f.get("u_n", 0) >= 10:
         text = "largest amount among this user's last 32"
         out.append((1.2, Reason("amount_percentile", text, p)))
+    k = f.get("u_cnt_1h", 0.0) + 1
+    pb = f.get("amt_p_burst", 1.0)
+    if k >= 2 and 0.0 < pb < 0.01 and f.get("u_n", 0) >= 5:
+        # pb = m ** k, m the largest of the run's one-sided p-values (operators.user)
+        share = 100 * pb ** (1 / k)
+        text = f"{k:.0f} amounts within an hour, each among this user's smallest {share:.0f} %"
+        out.append((min(4.0, -math.log10(pb)), Reason("small_amounts", text, pb)))
     return out
 
 

@@ -145,6 +145,7 @@ class UserState:
                                "u_days": (ts - self.first_ts) / DAY if n else 0.0}
         # windows: 10 min to 1 d from the recent list, 7 d and 30 d from day buckets
         c10m = c1h = s1h = c3h = c1d = s1d = 0.0
+        hour_amounts: list[float] = []
         for t, a in self.recent:
             dt = ts - t
             if dt < DAY:
@@ -155,6 +156,7 @@ class UserState:
                     if dt < HOUR:
                         c1h += 1
                         s1h += a
+                        hour_amounts.append(a)
                         if dt < 600.0:
                             c10m += 1
         today = int(ts // DAY)
@@ -208,9 +210,11 @@ class UserState:
             below = bisect_left(srt, amount)
             equal = bisect_right(srt, amount) - below
             f["amt_pctl"] = (below + 0.5 * equal) / k
+            f["amt_p_burst"] = _burst_p(srt, amount, hour_amounts)
         else:
             f["amt_robust_z"] = 0.0
             f["amt_pctl"] = 0.5
+            f["amt_p_burst"] = 1.0
         f["secs_since_prev"] = ts - self.last_ts if n else -1.0
         # novelty (Bloom sets: a false "seen" is possible, a false "new" is not)
         seen = self.seen
@@ -336,6 +340,33 @@ class UserState:
             self.hours = array("H", (h // 2 for h in self.hours))
         self.hours[hour] += 1
         self.last_ts = max(self.last_ts, ts)
+
+
+def _burst_p(srt: list[float], amount: float, hour_amounts: list[float]) -> float:
+    """One-sided p-value of a small amount, pooled over the user's amounts of the last hour
+    (``hour_amounts``): how likely a run this long is to be all this small.
+
+    Alone, the amount's mid-rank percentile among the user's recent amounts ``srt`` (sorted)
+    plus one ring slot. With ``k - 1`` amounts before it in the hour, the permutation p-value
+    of the run: if ``r`` recent amounts are below the run's largest, the chance that ``k``
+    amounts of the user's own kind all have at most ``r`` below them is
+    ``C(r + k, k) / C(n + k, k)``. Ordinary pairs of purchases are not flagged more often
+    than the level says; a run of small amounts (card testing) is strong evidence.
+
+    >>> srt = sorted([10.0, 12.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0] * 4)
+    >>> round(_burst_p(srt, 1.0, []), 3), round(_burst_p(srt, 1.0, [1.0, 2.0]), 6)
+    (0.03, 0.000153)
+    >>> _burst_p(srt, 1.0, [35.0]) > 0.5  # an ordinary amount in the hour: no run
+    True
+    """
+    n = len(srt)
+    if not hour_amounts:
+        below = bisect_left(srt, amount)
+        equal = bisect_right(srt, amount) - below
+        return min(1.0, (below + 0.5 * equal) / n + 1.0 / (RING + 1))
+    r = bisect_right(srt, max(amount, max(hour_amounts)))  # ties count as below
+    k = len(hour_amounts) + 1
+    return math.comb(r + k, k) / math.comb(n + k, k)
 
 
 def _new(bits: int, value: str | None, salt: int) -> float:

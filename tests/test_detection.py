@@ -285,6 +285,50 @@ def test_bursts_are_explained_by_their_window():
     assert last.is_alert and "velocity_3h" in {r.code for r in last.reasons}
 
 
+def test_a_run_of_small_amounts_is_pooled_evidence():
+    # a customer who spends 20-60 at a few terminals twice a day
+    items = [_at("eve", f"e{i}", T0 + i * timedelta(hours=11), HOME, amount=20.0 + (i * 7) % 41,
+                 terminal=f"T{i % 3}") for i in range(60)]
+    t = T0 + 61 * timedelta(hours=11)
+    # two purchases a minute apart at a new web shop: both tiny (card testing), or the
+    # first tiny and the second ordinary (what customers do)
+    tiny = [_at("eve", "a1", t, HOME, amount=1.0, terminal="WEB"),
+            _at("eve", "a2", t + timedelta(seconds=60), HOME, amount=1.5, terminal="WEB")]
+    mixed = [_at("eve", "a1", t, HOME, amount=1.0, terminal="WEB"),
+             _at("eve", "a2", t + timedelta(seconds=60), HOME, amount=38.0, terminal="WEB")]
+    run, ordinary = run_items([*items, *tiny])["a2"], run_items([*items, *mixed])["a2"]
+    # the run's permutation p-value: one recent amount (the first tiny one, learnt a minute
+    # before) is below the run's largest, so C(1 + 2, 2) / C(32 + 2, 2) = 3 / 561
+    assert run.features["amt_p_burst"] == pytest.approx(3 / 561)
+    assert ordinary.features["amt_p_burst"] > 0.25
+    assert run.components["behaviour"] > ordinary.components["behaviour"] + 0.75
+    assert run.is_alert and not ordinary.is_alert
+    assert "small_amounts" in {r.code for r in run.reasons}
+
+
+def test_the_pooled_small_amount_p_value_is_calibrated():
+    """Amounts of the user's own kind give a uniform p-value, alone or several in an hour:
+    pooling must not flag ordinary pairs more often than their level says."""
+    import random
+
+    from operators.user import _burst_p
+
+    rng = random.Random(7)
+    for k in (1, 2, 4):
+        ps = []
+        for _ in range(20_000):
+            srt = sorted(rng.lognormvariate(3.0, 0.6) for _ in range(32))
+            run = [rng.lognormvariate(3.0, 0.6) for _ in range(k)]
+            ps.append(_burst_p(srt, run[0], run[1:]))
+        for level in (0.01, 0.05, 0.2):
+            share = sum(p <= level for p in ps) / len(ps)
+            # at most the level (sampling noise allowed)...
+            assert share < level * 1.15 + 0.0005, (k, level, share)
+            # ...and not uselessly conservative where the ring's 32 amounts can reach it
+            if level > 2 * (0.5 / 32 + 1 / 33) ** k:
+                assert share > level * 0.3, (k, level, share)
+
+
 def test_a_burst_of_alerts_does_not_lift_the_users_own_threshold():
     items = [_at("kim", f"k{i}", T0 + i * timedelta(hours=6), HOME) for i in range(120)]
     t = T0 + 121 * timedelta(hours=6)
