@@ -68,6 +68,7 @@ def stage_config(settings: Settings, source_partitions: int, **kw: Any) -> Stage
         user_shards=settings.logical_shards,
         source_partitions=source_partitions,
         dedupe_horizon=settings.dedupe_horizon_seconds,
+        dedupe_max_ids=settings.dedupe_max_ids,
         threshold=settings.threshold,
         block_threshold=settings.block_threshold,
         user_ttl=settings.user_ttl_seconds,

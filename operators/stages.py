@@ -93,6 +93,9 @@ class StageConfig:
     user_shards: int = 8
     source_partitions: int = 1
     dedupe_horizon: float = 2 * 86400.0
+    dedupe_max_ids: int = 2_000_000
+    """Most transaction ids kept for de-duplication over all terminal shards (the oldest go
+    first): memory is bounded whatever the rate."""
     threshold: float = 3.5
     block_threshold: float = 8.0
     user_ttl: float = 90 * 86400.0
@@ -413,6 +416,7 @@ class TerminalStage(_OrderedStage):
             self.sent_wm = snap["sent_wm"]
         super().__init__(cfg, buf)
         self._n_wm = 0
+        self._seen_cap = max(1, cfg.dedupe_max_ids // max(1, cfg.terminal_shards))
 
     def _watermark_of(self, value: Any) -> Watermark | None:
         tp = type(value)
@@ -460,6 +464,8 @@ class TerminalStage(_OrderedStage):
         so.append((ts, dkey))
         horizon = ts - self.cfg.dedupe_horizon
         while so[0][0] < horizon:
+            seen.pop(so.popleft()[1], None)
+        while len(so) > self._seen_cap:  # bounded on insert: the oldest go first
             seen.pop(so.popleft()[1], None)
         tid = item.terminal_id or ""
         term = self.terminals.get(tid)

@@ -232,3 +232,30 @@ def test_pending_labels_never_exceed_the_cap():
     assert list(stage.pending) == [f"t{i}" for i in range(1_900, 2_000)]  # the newest kept
     stage._evict(t0 + 20.0 * 2_000 + stage.cfg.label_horizon + 1)
     assert len(stage.pending) == 0
+
+
+def test_dedupe_ids_never_exceed_the_cap():
+    """The transaction ids kept for de-duplication are capped (dedupe_max_ids over the
+    terminal shards) whatever the rate, the oldest going first; a redelivery within the cap
+    is still dropped."""
+    from operators.stages import TerminalStage
+
+    base = stage_config(Settings(), 1)
+    cfg = StageConfig(**{**{f: getattr(base, f) for f in base.__dataclass_fields__},
+                         "snapshots": False, "dedupe_max_ids": 800, "terminal_shards": 8})
+    stage = TerminalStage("t-0", cfg, None)  # cap 100 for this shard
+    t0 = 1.7e9
+    peak = 0
+    for i in range(1_000):  # 1,000 transactions within a minute: far inside the horizon
+        stage._process(_txn(i, f"u{i % 50}", t0 + 0.05 * i))
+        peak = max(peak, len(stage.seen))
+    assert peak == 100 == len(stage.seen_order)
+    assert set(stage.seen) == {f"u{i % 50}\x00t{i}" for i in range(900, 1_000)}
+    # a redelivery of a recent transaction is dropped (and counted); one older than the cap
+    # is not
+    dups = get_metrics().consumed.labels(outcome="duplicate")
+    before = dups._value.get()
+    assert stage._process(_txn(990, "u40", t0 + 0.05 * 990)) == []
+    assert dups._value.get() == before + 1
+    [(kind, txn, _feats)] = stage._process(_txn(10, "u10", t0 + 0.05 * 10))
+    assert kind == "t" and txn.transaction_id == "t10"

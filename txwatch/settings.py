@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     dedupe_horizon_seconds: float = 7 * 86_400.0
     """TXWATCH_DEDUPE_HORIZON_SECONDS: a transaction id seen again for its user within this
     horizon is dropped before it touches any state."""
+    dedupe_max_ids: int = Field(default=2_000_000, ge=1)
+    """TXWATCH_DEDUPE_MAX_IDS: most transaction ids kept for de-duplication (over all terminal
+    shards; about 190 B each): beyond it the oldest go first, so the horizon is the shorter of
+    TXWATCH_DEDUPE_HORIZON_SECONDS and this many transactions (5.5 hours at 100/s)."""
 
     # --- Event time ----------------------------------------------------------------------------
     lateness_seconds: float = 0.25
