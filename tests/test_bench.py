@@ -72,6 +72,7 @@ def test_bench_smoke_json(tmp_path):
     assert out["ratio_full_passthrough"] == pytest.approx(
         out["full_eps"] / out["passthrough_eps"])
     assert out["p50_ms"] <= out["p99_ms"] <= out["max_ms"]
+    assert out["latency_load"] == pytest.approx(out["latency_offered_eps"] / out["full_eps"])
     assert out["state_bytes_per_user"] == out["state_bytes_by_users"]["1000"]["bytes_per_user"]
 
 
@@ -120,3 +121,12 @@ def test_table_names_the_targets():
     assert "model txw-test" in text
     assert "12,000 ev/s" in text and "target >= 10,000: met" in text
     assert "target <= 4,096: MISSED" in text
+
+
+def test_table_says_when_the_offered_rate_is_above_the_flows_throughput():
+    base = {"p50_ms": 2000.0, "p99_ms": 3900.0, "p999_ms": 4000.0, "max_ms": 4100.0,
+            "latency_events": 25000, "latency_offered_eps": 5000.0, "seconds": 10.0}
+    over = format_table({**base, "latency_load": 1.25}, "txw-test")
+    under = format_table({**base, "latency_load": 0.5}, "txw-test")
+    assert "cannot keep up" in over and "1.25" in over
+    assert "cannot keep up" not in under and "0.50" in under

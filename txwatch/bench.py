@@ -1009,6 +1009,11 @@ def run_bench(opts: BenchOptions, log: Log) -> dict[str, Any]:
         t1 = time.monotonic()
         measure_state(opts, log, out)
         out["state_run_seconds"] = time.monotonic() - t1
+    if "full_eps" in out and "latency_offered_eps" in out:
+        # the latency run's offered rate against the full flow's throughput measured in the
+        # same run: above 1 the flow cannot keep up on this machine, and the latency is the
+        # queue's, not the flow's
+        out["latency_load"] = out["latency_offered_eps"] / out["full_eps"]
     out["seconds"] = time.monotonic() - t0
     out["load_avg_end"] = os.getloadavg()[0]
     return _finite(out)

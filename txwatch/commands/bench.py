@@ -67,6 +67,12 @@ def format_table(res: dict[str, Any], version: str) -> str:
         row("decision latency p99", "p99_ms", " ms",
             f"p99.9 {_fmt(res['p999_ms'])} ms, max {_fmt(res['max_ms'])} ms; histogram "
             f"{_fmt(res.get('p99_ms_histogram', nan))} ms")
+        load = res.get("latency_load")
+        if load is not None:
+            rows.append(("  offered / full throughput", _fmt(load),
+                         "above 1: the flow cannot keep up on this machine now, and the "
+                         "latency is the queue's" if load > 1 else
+                         "the share of the full flow's measured throughput offered"))
     row("state per user (snapshot)", "state_bytes_per_user", " B",
         "median, users with >= 30 days of history, largest population")
     for k, v in res.get("state_bytes_by_users", {}).items():
