@@ -42,12 +42,18 @@ from operators.terminal import TerminalState
 from operators.user import UserState
 from txwatch.metrics import child, get_metrics
 
-STATE_VERSION = 5
+STATE_VERSION = 6
 """Layout version of the stages' snapshots. A release that changes the layout bumps it; an
-older snapshot is refused with instructions for a warm start (see README, Recovery).
+older snapshot is migrated when :data:`READABLE` lists it, else refused with instructions for
+a warm start (see README, Recovery).
 3: the terminal's latest labels and the user's trip flag (model txw-1.2); 4: event times
 stored in ``Txn`` and ``Label`` (the batch stages); 5: the alert budget's histogram pickles
-by its constructor's arguments (the compiled modules, ``operators.native``)."""
+by its constructor's arguments (the compiled modules, ``operators.native``); 6: a user's day
+buckets are a ring in one array (``operators.user.DAYS``)."""
+
+READABLE = (5, STATE_VERSION)
+"""Snapshot versions this release restores: 5 is migrated as it is read (a user's day buckets,
+``UserState.__setstate__``; the kept inputs of pending labels, ``TxwDetector.learn_label``)."""
 
 KIND_LABEL = 0  # labels sort before transactions of the same instant
 KIND_TXN = 1
@@ -75,11 +81,12 @@ def dump_snapshot(state: dict[str, Any]) -> bytes:
 
 def _check_version(snap: dict[str, Any], step: str) -> None:
     v = snap.get("version")
-    if v != STATE_VERSION:
+    if v not in READABLE:
         raise IncompatibleSnapshot(
             f"step {step!r}: recovery snapshot has state version {v}, this release reads "
-            f"{STATE_VERSION}. Warm start: point TXWATCH_RECOVERY_DIR at a fresh directory "
-            "(python -m bytewax.recovery DIR N) and replay history into it; see README, Recovery."
+            f"{' and '.join(map(str, READABLE))}. Warm start: point TXWATCH_RECOVERY_DIR at a "
+            "fresh directory (python -m bytewax.recovery DIR N) and replay history into it; see "
+            "README, Recovery."
         )
 
 

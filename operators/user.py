@@ -29,6 +29,10 @@ RING = 32
 """Amounts kept for the robust statistics (median, MAD, percentile)."""
 RECENT_MAX = 64
 """Most transactions kept for the 1-hour and 1-day windows."""
+DAYS = 30
+"""Day buckets kept for the 7- and 30-day windows: ``UserState.days`` is a ring of
+``(day, count, sum)`` triples in one ``array('d')``, slot ``day % DAYS`` (720 bytes, where a
+dict of lists took about 5 KiB in memory)."""
 BLOOM_BITS = 1024
 EARTH_KM = 6371.0
 HOME_RADIUS_KM = 300.0
@@ -105,7 +109,7 @@ class UserState:
         self.amt_m2 = 0.0
         self.amounts = array("f")  # ring of the last RING amounts
         self.recent: list[tuple[float, float]] = []  # (ts, amount) of the last 24 h
-        self.days: dict[int, list[float]] = {}  # day -> [count, sum], last 30 days
+        self.days = _new_days()  # ring of (day, count, sum), the last DAYS days
         self.seen = [0, 0, 0, 0]  # Bloom sets: terminal, merchant, category, country
         self.home: tuple[float, float, float] | None = None  # (lat, lon, weight)
         self.last_loc: tuple[float, float] | None = None
@@ -122,6 +126,8 @@ class UserState:
 
     def __setstate__(self, st: tuple[Any, ...]) -> None:
         for s, v in zip(_FIELDS, st, strict=True):
+            if s == "days" and isinstance(v, dict):
+                v = _days_from_dict(v)  # state version 5: {day: [count, sum]}
             setattr(self, s, v)
 
     # --- features ---------------------------------------------------------------------------
@@ -163,17 +169,19 @@ class UserState:
         past = self.past_days
         if past is None or past[0] != today:
             c7 = s7 = c30 = s30 = 0.0
-            for d, (c, s) in self.days.items():
-                age = today - d
-                if 0 < age < 30:
-                    c30 += c
-                    s30 += s
-                    if age < 7:
-                        c7 += c
-                        s7 += s
+            days = self.days
+            for d in range(today - 29, today):  # oldest first: the sums add in day order
+                i = 3 * (d % DAYS)
+                if days[i] == d:
+                    c30 += days[i + 1]
+                    s30 += days[i + 2]
+                    if today - d < 7:
+                        c7 += days[i + 1]
+                        s7 += days[i + 2]
             past = self.past_days = (today, c7, s7, c30, s30)
-        cur = self.days.get(today)
-        cc, cs = (cur[0], cur[1]) if cur else (0.0, 0.0)
+        i = 3 * (today % DAYS)
+        days = self.days
+        cc, cs = (days[i + 1], days[i + 2]) if days[i] == today else (0.0, 0.0)
         c7, s7, c30, s30 = past[1] + cc, past[2] + cs, past[3] + cc, past[4] + cs
         f["u_cnt_10m"] = c10m
         f["u_cnt_1h"], f["u_sum_1h"] = c1h, s1h
@@ -293,14 +301,20 @@ class UserState:
         day = int(ts // DAY)
         if self.past_days is not None and day < self.past_days[0]:
             self.past_days = None
-        b = self.days.get(day)
-        if b is None:
-            self.days[day] = [1.0, amount]
-            for old in [k for k in self.days if k <= day - 30]:
-                del self.days[old]
-        else:
-            b[0] += 1
-            b[1] += amount
+        days = self.days
+        i = 3 * (day % DAYS)
+        if days[i] == day:
+            days[i + 1] += 1
+            days[i + 2] += amount
+        elif days[i] < day:  # a new day: days out of every window leave the ring
+            for j in range(0, 3 * DAYS, 3):
+                if 0.0 <= days[j] <= day - DAYS:
+                    days[j] = -1.0
+                    days[j + 1] = days[j + 2] = 0.0
+            days[i] = day
+            days[i + 1] = 1.0
+            days[i + 2] = amount
+        # (else: a transaction DAYS days older than one already counted: out of every window)
         seen = self.seen
         if terminal:
             if _new(seen[0], terminal, 1):
@@ -340,6 +354,19 @@ class UserState:
             self.hours = array("H", (h // 2 for h in self.hours))
         self.hours[hour] += 1
         self.last_ts = max(self.last_ts, ts)
+
+
+def _new_days() -> array:
+    return array("d", [-1.0, 0.0, 0.0] * DAYS)
+
+
+def _days_from_dict(days: dict[int, list[float]]) -> array:
+    """The ring of a state-version-5 ``{day: [count, sum]}`` (the latest days win a slot)."""
+    ring = _new_days()
+    for d in sorted(days):
+        i = 3 * (d % DAYS)
+        ring[i], ring[i + 1], ring[i + 2] = float(d), float(days[d][0]), float(days[d][1])
+    return ring
 
 
 def _burst_p(srt: list[float], amount: float, hour_amounts: list[float]) -> float:

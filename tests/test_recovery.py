@@ -18,6 +18,7 @@ import pytest
 from operators.ordering import Watermark
 from operators.records import Txn
 from operators.stages import (
+    READABLE,
     STATE_VERSION,
     IncompatibleSnapshot,
     StageConfig,
@@ -149,7 +150,7 @@ def _with_version(snapshot: bytes, version: Any) -> bytes:
     return pickle.dumps(snap)
 
 
-@pytest.mark.parametrize("version", [STATE_VERSION + 1, STATE_VERSION - 1, None])
+@pytest.mark.parametrize("version", [STATE_VERSION + 1, min(READABLE) - 1, None])
 def test_incompatible_snapshot_version_is_refused(version):
     cfg = StageConfig(source_partitions=1, terminal_shards=1, user_shards=1)
     term = TerminalStage("t0", cfg, None)
@@ -177,8 +178,60 @@ def test_incompatible_snapshot_version_is_refused(version):
             build(_with_version(snap, version))
         msg = str(e.value)
         assert f"step {step!r}" in msg
-        assert f"state version {version}" in msg and f"reads {STATE_VERSION}" in msg
+        assert f"state version {version}" in msg and f"{STATE_VERSION}" in msg.split("reads")[1]
         assert "Warm start" in msg and "fresh directory" in msg and "replay history" in msg
+
+
+def test_a_version_5_snapshot_is_migrated_and_scores_as_before():
+    """State version 5 kept a user's day buckets as ``{day: [count, sum]}``; this release
+    reads it into its ring and goes on exactly as from its own snapshot."""
+    from datetime import UTC, datetime, timedelta
+
+    from operators.parse import TxnParser
+    from operators.user import _FIELDS, DAYS, UserState
+    from txwatch.settings import Settings
+
+    parser = TxnParser(Settings(replay=True))
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+    def txn(i: int, user: str) -> Txn:
+        ts = t0 + timedelta(hours=7 * i)  # four a day or so, over 40 days
+        return parser.parse(json.dumps({
+            "transaction_id": f"{user}-{i}", "user_id": user, "amount": 10 + (i * 13) % 70,
+            "timestamp": ts.isoformat(), "terminal_id": f"T{i % 4}"}).encode())
+
+    cfg = StageConfig(source_partitions=1, terminal_shards=1, user_shards=1)
+    stage = UserStage("u0", cfg, None, "w")
+    for i in range(140):
+        for user in ("a", "b"):
+            stage._process(("t", txn(i, user), {}))
+    v6 = stage.snapshot()
+
+    days_at = _FIELDS.index("days")
+
+    class V5User:  # pickles as a UserState of state version 5
+        def __init__(self, u: UserState) -> None:
+            st = list(u.__getstate__())
+            ring = st[days_at]
+            st[days_at] = {int(ring[j]): [ring[j + 1], ring[j + 2]]
+                               for j in range(0, 3 * DAYS, 3) if ring[j] >= 0}
+            self.st = tuple(st)
+
+        def __reduce__(self) -> Any:
+            return (UserState, (), self.st)
+
+    snap = pickle.loads(v6)
+    assert snap["version"] == STATE_VERSION == 6 and 5 in READABLE
+    assert len(snap["users"]["a"].days) == 3 * DAYS  # the ring
+    snap.update(version=5, users={k: V5User(u) for k, u in snap["users"].items()})
+    v5 = pickle.dumps(snap)
+
+    later = [txn(i, user) for i in range(140, 180) for user in ("a", "b")]
+    from_v6, from_v5 = UserStage("u0", cfg, v6, "w"), UserStage("u0", cfg, v5, "w")
+    assert list(from_v5.users["a"].days) == list(from_v6.users["a"].days)
+    for t in later:
+        (d6,), (d5,) = from_v6._process(("t", t, {})), from_v5._process(("t", t, {}))
+        assert d5.score == d6.score and d5.features == d6.features
 
 
 @pytest.mark.integration
