@@ -68,7 +68,8 @@ def _amount(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
     k = f.get("u_cnt_1h", 0.0) + 1
     pb = f.get("amt_p_burst", 1.0)
     if k >= 2 and 0.0 < pb < 0.01 and f.get("u_n", 0) >= 5:
-        # pb = m ** k, m the largest of the run's one-sided p-values (operators.user)
+        # pb: the run's permutation p-value (operators.user._burst_p); pb ** (1 / k) is at
+        # least the share of recent amounts below the run's largest
         share = 100 * pb ** (1 / k)
         text = f"{k:.0f} amounts within an hour, each among this user's smallest {share:.0f} %"
         out.append((min(4.0, -math.log10(pb)), Reason("small_amounts", text, pb)))
