@@ -217,8 +217,11 @@ class UserState:
             f["amt_robust_z"] = (amount - med) / scale
             below = bisect_left(srt, amount)
             equal = bisect_right(srt, amount) - below
-            f["amt_pctl"] = (below + 0.5 * equal) / k
-            f["amt_p_burst"] = _burst_p(srt, amount, hour_amounts)
+            pctl = f["amt_pctl"] = (below + 0.5 * equal) / k
+            # (alone, the amount's p-value is its percentile plus one ring slot: no second
+            # search of the ring)
+            f["amt_p_burst"] = (_burst_p(srt, amount, hour_amounts) if hour_amounts
+                                else min(1.0, pctl + 1.0 / (RING + 1)))
         else:
             f["amt_robust_z"] = 0.0
             f["amt_pctl"] = 0.5
