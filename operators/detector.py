@@ -17,7 +17,8 @@ Components (each is reported per transaction, and measured by ``txwatch evaluate
 ``population``     the shard's Half-Space Trees over the same features (cold start)
 ``anomaly``        the label-free score: the strongest surprisal above, each user-based one
                    weighted by the user's maturity, the population's by the rest; a burst
-                   (velocity and behaviour together, Stouffer) counts as one surprisal
+                   (velocity and behaviour without its gap, together, Stouffer) counts as
+                   one surprisal
 ``supervised``     river logistic regression over the features, terminal risk and the
                    components, learnt only from delayed labels
 =================  =========================================================================
@@ -42,7 +43,7 @@ from operators.scoring import Detector, ZScoreDetector
 from operators.user import HOME_RADIUS_KM, UserState
 from txwatch.settings import Settings
 
-VERSION = "txw-1.3"
+VERSION = "txw-1.4"
 _ND = NormalDist()
 Z_MAX = 12.0
 AIRPORT_HOURS = 2.0
@@ -330,8 +331,8 @@ class TxwDetector:
         self._trip = (f, far and (travel >= ABROAD_NEW_Z or user.abroad_trip))
         # behaviour: how unusual the circumstances are for this user (Fisher's method over
         # the p-values of the gap since the previous transaction, a new terminal, a small
-        # amount and the hour of day; distance is left to `travel`: people do travel)
-        behaviour = 0.0
+        # amount, the hour of day and the distance from home within the home region)
+        behaviour = circumstances = 0.0
         if n >= 5:
             rate = n / max(86400.0, f["u_days"] * 86400.0)
             gap = f["secs_since_prev"]
@@ -341,8 +342,24 @@ class TxwDetector:
             # (its p-value pooled with those of the last hour's amounts: a run of small
             # amounts, as in card testing, is stronger evidence than any one of them)
             ps.append(f["amt_p_burst"])
-            ps.append(f["hour_p"])
-            behaviour = fisher_z(ps) * math.sqrt(n / (n + 10.0))
+            # the hour of day and the distance from home count only when they are in the
+            # rarer half of the user's own: a p-value below 1/2, doubled (given that it is
+            # below 1/2, it is uniform again), so that an ordinary hour or place does not
+            # dilute the rest. Trips beyond the home region are left to `travel`
+            hp = f["hour_p"]
+            if hp < 0.5:
+                ps.append(2.0 * hp)
+            dp = f["dist_p"]
+            if dp < 0.5:
+                ps.append(2.0 * dp)
+            # card not present (online), pooled over the hour: as a new terminal, it counts
+            # only when it is so
+            if f["cnp_p"] < 1.0:
+                ps.append(f["cnp_p"])
+            shrink = math.sqrt(n / (n + 10.0))
+            behaviour = fisher_z(ps) * shrink
+            # the same without the gap, for the burst below: velocity already counts it
+            circumstances = fisher_z(ps[1:]) * shrink
         x = self._mf_x = model_features(f)
         self._mf_f = f
         # (the Half-Space Trees return the leaves x reaches, so that learning it after the
@@ -357,9 +374,12 @@ class TxwDetector:
         pop, pop_leaves = self.pop_model.score_leaves(self.pop_masses, x)
         self._leaves = (f, own_leaves, pop_leaves)
         pop_amount = self._pop_amount_z(f["amount"])
-        # a burst: many transactions *and* unusual circumstances (seconds apart, new
-        # terminals, tiny amounts) are two pieces of evidence, combined as Stouffer's z
-        burst = (velocity + behaviour) / math.sqrt(2.0)
+        # a burst: many transactions *and* unusual circumstances (new terminals, tiny
+        # amounts, far from home, online) are two pieces of evidence, combined as Stouffer's
+        # z. (Not with `behaviour` itself: its gap since the previous transaction is what
+        # velocity counts, and counting it twice lifted ordinary pairs of purchases: 1.77
+        # legitimate alerts per 1,000 instead of 4.18 on the reference run without labels)
+        burst = (velocity + circumstances) / math.sqrt(2.0)
         user_based = max(user_amount, velocity, behaviour, burst,
                          self.p.hst_weight * 10.0 * own)
         anomaly = max(maturity * user_based + (1 - maturity) * self.p.hst_weight * 10.0 * pop,

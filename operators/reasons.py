@@ -26,11 +26,13 @@ CODES: dict[str, str] = {
     "new_merchant": "first transaction at this merchant",
     "new_category": "first transaction in this merchant category",
     "new_country": "first transaction in this country",
+    "card_not_present": "online (card-not-present) purchases, rare for this user",
     "terminal_risk": "share of known fraud at this terminal",
     "terminal_recent_fraud": "fraud confirmed at this terminal recently",
     "terminal_fraud_run": "the terminal's latest labelled transactions were all fraud",
     "travel_speed": "implied travel speed since the previous transaction",
     "far_from_home": "distance from the user's usual area",
+    "unusual_distance": "farther from home than this user usually transacts (within the region)",
     "velocity_10m": "a burst of transactions within minutes",
     "velocity_1h": "many transactions in the last hour",
     "velocity_3h": "many transactions in the last three hours",
@@ -88,6 +90,13 @@ def _novelty(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
     ):
         if f.get(key, 0.0) >= 1.0:
             out.append((sal, Reason(code, text, 1.0)))
+    cp = f.get("cnp_p", 1.0)
+    if cp < 0.05:
+        # cp: the binomial tail of the hour's online purchases at the user's own share
+        # (operators.user._cnp_p)
+        out.append((min(4.0, -math.log10(cp)), Reason(
+            "card_not_present", "online (card-not-present) purchase, rare for this user "
+            f"(p = {cp:.2g})", cp)))
     return out
 
 
@@ -121,6 +130,13 @@ def _travel(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
         text = f"implied travel speed {v:.0f} km/h"
         out.append((min(6.0, v / 200), Reason("travel_speed", text, v)))
     d = f.get("dist_home_km", 0.0)
+    dp = f.get("dist_p", 1.0)
+    if dp < 0.01:
+        # dp: the permutation p-value of the distance (operators.user._dist_p), pooled with
+        # the user's other transactions of the last hour
+        out.append((min(4.0, -math.log10(dp)), Reason(
+            "unusual_distance", f"{d:,.0f} km from home, farther than this user usually goes",
+            dp)))
     if d >= 100 and f.get("u_n", 0) >= 3 and c.get("travel", 1.0) > 0:
         out.append((min(5.0, d / 200), Reason(
             "far_from_home", f"{d:,.0f} km from this user's usual area", d

@@ -42,18 +42,21 @@ from operators.terminal import TerminalState
 from operators.user import UserState
 from txwatch.metrics import child, get_metrics
 
-STATE_VERSION = 6
+STATE_VERSION = 7
 """Layout version of the stages' snapshots. A release that changes the layout bumps it; an
 older snapshot is migrated when :data:`READABLE` lists it, else refused with instructions for
 a warm start (see README, Recovery).
 3: the terminal's latest labels and the user's trip flag (model txw-1.2); 4: event times
 stored in ``Txn`` and ``Label`` (the batch stages); 5: the alert budget's histogram pickles
 by its constructor's arguments (the compiled modules, ``operators.native``); 6: a user's day
-buckets are a ring in one array (``operators.user.DAYS``)."""
+buckets are a ring in one array (``operators.user.DAYS``); 7: a user's histogram of distances
+from home and the distance of each recent transaction (model txw-1.4)."""
 
-READABLE = (5, STATE_VERSION)
-"""Snapshot versions this release restores: 5 is migrated as it is read (a user's day buckets,
-``UserState.__setstate__``; the kept inputs of pending labels, ``TxwDetector.learn_label``)."""
+READABLE = (5, 6, STATE_VERSION)
+"""Snapshot versions this release restores: 5 and 6 are migrated as they are read (a user's day
+buckets and distances, ``UserState.__setstate__``; the kept inputs of pending labels,
+``TxwDetector.learn_label``). A migrated user's distance histogram starts empty: the distance
+counts as evidence again after ``operators.user.DIST_MIN_N`` transactions."""
 
 KIND_LABEL = 0  # labels sort before transactions of the same instant
 KIND_TXN = 1
@@ -84,9 +87,9 @@ def _check_version(snap: dict[str, Any], step: str) -> None:
     if v not in READABLE:
         raise IncompatibleSnapshot(
             f"step {step!r}: recovery snapshot has state version {v}, this release reads "
-            f"{' and '.join(map(str, READABLE))}. Warm start: point TXWATCH_RECOVERY_DIR at a "
-            "fresh directory (python -m bytewax.recovery DIR N) and replay history into it; see "
-            "README, Recovery."
+            f"{', '.join(map(str, READABLE[:-1]))} and {READABLE[-1]}. Warm start: point "
+            "TXWATCH_RECOVERY_DIR at a fresh directory (python -m bytewax.recovery DIR N) and "
+            "replay history into it; see README, Recovery."
         )
 
 
@@ -612,7 +615,7 @@ class UserStage(_OrderedStage):
         country, lat, lon = t.country, t.lat, t.lon
         feats = user.features(ts, amount, terminal=terminal, merchant=merchant,
                               category=category, country=country, lat=lat, lon=lon,
-                              local_hour=local_hour)
+                              local_hour=local_hour, channel=t.channel)
         feats.update(term_feats)
         detector = self.detector
         score, comps = detector.score(user, feats)
@@ -643,7 +646,7 @@ class UserStage(_OrderedStage):
         )
         detector.learn(user, feats, score)
         user.learn(ts, amount, terminal=terminal, merchant=merchant, category=category,
-                   country=country, lat=lat, lon=lon, local_hour=local_hour,
+                   country=country, lat=lat, lon=lon, local_hour=local_hour, channel=t.channel,
                    protect=score >= threshold, dist_home=feats["dist_home_km"])
         if cfg.labels:
             pending = self.pending

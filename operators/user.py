@@ -40,6 +40,13 @@ HOME_RADIUS_KM = 300.0
 RELOCATE_DAYS = 30.0
 """Days spent away from home (every transaction farther than the radius) before home moves."""
 _LOG24 = math.log(24)
+DIST_EDGES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, HOME_RADIUS_KM)
+"""Bins of the distance from home (km) in ``UserState.dists``, a histogram of the user's
+transactions by distance; beyond ``HOME_RADIUS_KM`` is a trip (judged by ``travel``)."""
+DIST_MIN_N = 10
+"""Distances a user needs before their distance p-value (``dist_p``) counts."""
+CARD_NOT_PRESENT = frozenset({"ecom", "online", "web", "cnp", "card_not_present", "moto"})
+"""``channel`` values of a card-not-present transaction (lower case)."""
 
 
 @lru_cache(maxsize=65_536)
@@ -69,6 +76,7 @@ _FIELDS = (
     "amt_mean",
     "days",
     "dist_mean",
+    "dists",
     "far_since",
     "first_ts",
     "home",
@@ -80,6 +88,8 @@ _FIELDS = (
     "model",
     "n",
     "n_amounts",
+    "n_channel",
+    "n_cnp",
     "n_new_terminal",
     "past_days",
     "prev_travel",
@@ -99,6 +109,8 @@ class UserState:
         self.n = 0
         self.n_amounts = 0
         self.n_new_terminal = 0
+        self.n_channel = 0  # transactions with a channel, and those card-not-present
+        self.n_cnp = 0
         self.past_days: tuple[int, float, float, float, float] | None = None  # window cache
         self.dist_mean = 0.0
         self.first_ts = 0.0
@@ -108,7 +120,9 @@ class UserState:
         self.amt_mean = 0.0
         self.amt_m2 = 0.0
         self.amounts = array("f")  # ring of the last RING amounts
-        self.recent: list[tuple[float, float]] = []  # (ts, amount) of the last 24 h
+        # (ts, amount, km from home, card not present 1.0 / present 0.0) of the last 24 h,
+        # -1.0 for what is unknown
+        self.recent: list[tuple[float, float, float, float]] = []
         self.days = _new_days()  # ring of (day, count, sum), the last DAYS days
         self.seen = [0, 0, 0, 0]  # Bloom sets: terminal, merchant, category, country
         self.home: tuple[float, float, float] | None = None  # (lat, lon, weight)
@@ -117,6 +131,7 @@ class UserState:
         self.prev_travel = 0.0  # travel score of the previous transaction if it was flagged
         self.abroad_trip = False  # on a trip far from home that looked like a takeover
         self.hours = array("H", bytes(48))
+        self.dists = array("H", bytes(2 * (len(DIST_EDGES) + 1)))  # see DIST_EDGES
         self.model: Any = None  # the per-user model's state (see operators.scoring)
         self.score_q: Any = None  # running quantile of this user's scores
 
@@ -125,9 +140,14 @@ class UserState:
         return tuple(getattr(self, s) for s in _FIELDS)
 
     def __setstate__(self, st: tuple[Any, ...]) -> None:
+        if len(st) == len(_FIELDS) - 3:  # state versions 5 and 6: no distances nor channels
+            st = _add_fields(st, {"dists": array("H", bytes(2 * (len(DIST_EDGES) + 1))),
+                                  "n_channel": 0, "n_cnp": 0})
         for s, v in zip(_FIELDS, st, strict=True):
             if s == "days" and isinstance(v, dict):
                 v = _days_from_dict(v)  # state version 5: {day: [count, sum]}
+            elif s == "recent" and v and len(v[0]) == 2:
+                v = [(t, a, -1.0, -1.0) for t, a in v]  # versions 5 and 6: (ts, amount)
             setattr(self, s, v)
 
     # --- features ---------------------------------------------------------------------------
@@ -143,6 +163,7 @@ class UserState:
         lat: float | None = None,
         lon: float | None = None,
         local_hour: int | None = None,
+        channel: str | None = None,
     ) -> dict[str, float]:
         """Features of a transaction against this user's history (which it does not change)."""
         n = self.n
@@ -152,7 +173,9 @@ class UserState:
         # windows: 10 min to 1 d from the recent list, 7 d and 30 d from day buckets
         c10m = c1h = s1h = c3h = c1d = s1d = 0.0
         hour_amounts: list[float] = []
-        for t, a in self.recent:
+        hour_dists: list[float] = []
+        hour_k = hour_cnp = 0  # the last hour's transactions with a channel, card not present
+        for t, a, dk, cnp in self.recent:
             dt = ts - t
             if dt < DAY:
                 c1d += 1
@@ -163,6 +186,11 @@ class UserState:
                         c1h += 1
                         s1h += a
                         hour_amounts.append(a)
+                        if dk >= 0.0:
+                            hour_dists.append(dk)
+                        if cnp >= 0.0:
+                            hour_k += 1
+                            hour_cnp += cnp > 0.0
                         if dt < 600.0:
                             c10m += 1
         today = int(ts // DAY)
@@ -243,6 +271,9 @@ class UserState:
                 took = max((ts - self.last_ts) / HOUR, 1.0 / 60)  # at least a minute
                 speed = hop / took
         f["dist_home_km"] = dist
+        # how unusual this distance from home is for the user (trips are judged by travel)
+        f["dist_p"] = (_dist_p(self.dists, dist, hour_dists)
+                       if self.home is not None and dist <= HOME_RADIUS_KM else 1.0)
         f["hop_km"] = hop
         f["speed_kmh"] = speed
         # hour of day against habit
@@ -257,6 +288,9 @@ class UserState:
         k_h = bisect_right(srt_h, ph)
         f["hour_p"] = (sum(srt_h[:k_h]) + k_h) / (total + 24)
         f["new_terminal_rate"] = (self.n_new_terminal + 1) / (n + 2)
+        # card not present: how unusual that many are in the hour for this user
+        f["cnp_p"] = (_cnp_p(self.n_cnp, self.n_channel, hour_cnp + 1, hour_k + 1)
+                      if _is_cnp(channel) else 1.0)
         f["dist_typical"] = self.dist_mean
         return f
 
@@ -274,6 +308,7 @@ class UserState:
         local_hour: int | None = None,
         protect: bool = False,
         dist_home: float | None = None,
+        channel: str | None = None,
     ) -> None:
         """Add a transaction to the history (after it was scored). With ``protect`` (the
         transaction was flagged), its amount does not enter the amount baseline."""
@@ -298,7 +333,17 @@ class UserState:
         # drop what is a day old (nothing is when the oldest is not: the test is exact)
         if recent and (ts - recent[0][0] >= DAY or ts - min(recent)[0] >= DAY):
             recent = self.recent = [r for r in recent if ts - r[0] < DAY]
-        recent.append((ts, amount))
+        dk = -1.0  # km from home, unknown without a location or a home
+        home = self.home
+        if lat is not None and lon is not None and home is not None:
+            dk = dist_home if dist_home is not None else haversine_km(lat, lon, home[0], home[1])
+        cnp = -1.0
+        if channel:
+            cnp = 1.0 if _is_cnp(channel) else 0.0
+            if not protect:  # (a flagged one does not teach the user's share)
+                self.n_channel += 1
+                self.n_cnp += cnp > 0.0
+        recent.append((ts, amount, dk, cnp))
         if len(recent) > RECENT_MAX:
             del recent[:-RECENT_MAX]
         day = int(ts // DAY)
@@ -352,6 +397,12 @@ class UserState:
                     self.home = (lat, lon, 1.0)
                     self.far_since = 0.0
             self.last_loc = (lat, lon)
+            if dk >= 0.0 and not protect:
+                dists = self.dists
+                b = bisect_right(DIST_EDGES, dk)
+                if dists[b] >= 60000:
+                    dists = self.dists = array("H", (c // 2 for c in dists))
+                dists[b] += 1
         hour = local_hour if local_hour is not None else int(ts // HOUR) % 24
         if self.hours[hour] >= 60000:
             self.hours = array("H", (h // 2 for h in self.hours))
@@ -397,6 +448,60 @@ def _burst_p(srt: list[float], amount: float, hour_amounts: list[float]) -> floa
     r = bisect_right(srt, max(amount, max(hour_amounts)))  # ties count as below
     k = len(hour_amounts) + 1
     return math.comb(r + k, k) / math.comb(n + k, k)
+
+
+def _dist_p(dists: array, dist: float, hour_dists: list[float]) -> float:
+    """One-sided p-value of a distance from home, pooled over the user's transactions of the
+    last hour (``hour_dists``, their distances), from the histogram ``dists`` of the user's
+    past distances (bins :data:`DIST_EDGES`): the permutation p-value of :func:`_burst_p`
+    with ``r`` past distances in the run's nearest bin or beyond, ties counted as extreme.
+    1.0 until the user has :data:`DIST_MIN_N` distances.
+
+    >>> h = array("H", [0, 0, 30, 20, 0, 0, 0, 0, 0, 0])  # all within 2..8 km
+    >>> round(_dist_p(h, 3.0, []), 2), round(_dist_p(h, 50.0, []), 3)
+    (1.0, 0.02)
+    >>> h[6] += 1  # the first of two far ones was learnt: pooled, the second is still rare
+    >>> round(_dist_p(h, 50.0, [45.0]), 4)
+    0.0022
+    """
+    n = sum(dists)
+    if n < DIST_MIN_N:
+        return 1.0
+    near = min(dist, min(hour_dists)) if hour_dists else dist
+    r = sum(dists[bisect_right(DIST_EDGES, near):])
+    k = len(hour_dists) + 1
+    return min(1.0, math.comb(r + k, k) / math.comb(n + k, k))
+
+
+def _is_cnp(channel: str | None) -> bool:
+    return bool(channel) and (channel in CARD_NOT_PRESENT
+                              or channel.lower() in CARD_NOT_PRESENT)  # type: ignore[union-attr]
+
+
+def _cnp_p(n_cnp: int, n_channel: int, m: int, k: int) -> float:
+    """One-sided p-value of ``m`` card-not-present transactions among the user's ``k`` of the
+    last hour (this one included): the binomial tail at the user's own share of them
+    (``n_cnp`` of ``n_channel``, Laplace-smoothed). 1.0 until the user has 10 channels.
+
+    >>> round(_cnp_p(12, 100, 1, 1), 3), round(_cnp_p(12, 100, 2, 2), 4)  # one, then two
+    (0.127, 0.0162)
+    >>> _cnp_p(60, 100, 1, 1) > 0.5  # a user who mostly shops online
+    True
+    """
+    if n_channel < 10:
+        return 1.0
+    q = (n_cnp + 1) / (n_channel + 2)
+    # P(Bin(k, q) >= m), summed from the top (k is the hour's count: small)
+    return min(1.0, sum(math.comb(k, i) * q ** i * (1.0 - q) ** (k - i) for i in range(m, k + 1)))
+
+
+def _add_fields(st: tuple[Any, ...], new: dict[str, Any]) -> tuple[Any, ...]:
+    """An older snapshot's tuple with the fields it lacks (``new``) at their places."""
+    out = list(st)
+    for i, name in enumerate(_FIELDS):
+        if name in new:
+            out.insert(i, new[name])
+    return tuple(out)
 
 
 def _new(bits: int, value: str | None, salt: int) -> float:

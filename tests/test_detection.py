@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import pickle
+from bisect import bisect_right
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from dataflow.build import FlowIO, build_flow, stage_config
 from operators.ordering import Watermark
 from operators.parse import TxnParser
+from operators.reasons import explain
 from operators.records import Decision, Label
 from operators.stages import IncompatibleSnapshot, UserStage
 from operators.user import UserState
@@ -286,16 +288,19 @@ def test_bursts_are_explained_by_their_window():
 
 
 def test_a_run_of_small_amounts_is_pooled_evidence():
-    # a customer who spends 20-60 at a few terminals twice a day
-    items = [_at("eve", f"e{i}", T0 + i * timedelta(hours=11), HOME, amount=20.0 + (i * 7) % 41,
-                 terminal=f"T{i % 3}") for i in range(60)]
+    # a customer who spends 20-60 at a few terminals twice a day, one time in ten online
+    items = [txn(f"e{i}", "eve", 20.0 + (i * 7) % 41, T0 + i * timedelta(hours=11),
+                 terminal_id=f"T{i % 3}", channel="ecom" if i % 10 == 0 else "pos", **HOME)
+             for i in range(60)]
     t = T0 + 61 * timedelta(hours=11)
+
+    def web(tid: str, amount: float, when: datetime):
+        return txn(tid, "eve", amount, when, terminal_id="WEB", channel="ecom", **HOME)
+
     # two purchases a minute apart at a new web shop: both tiny (card testing), or the
     # first tiny and the second ordinary (what customers do)
-    tiny = [_at("eve", "a1", t, HOME, amount=1.0, terminal="WEB"),
-            _at("eve", "a2", t + timedelta(seconds=60), HOME, amount=1.5, terminal="WEB")]
-    mixed = [_at("eve", "a1", t, HOME, amount=1.0, terminal="WEB"),
-             _at("eve", "a2", t + timedelta(seconds=60), HOME, amount=38.0, terminal="WEB")]
+    tiny = [web("a1", 1.0, t), web("a2", 1.5, t + timedelta(seconds=60))]
+    mixed = [web("a1", 1.0, t), web("a2", 38.0, t + timedelta(seconds=60))]
     run, ordinary = run_items([*items, *tiny])["a2"], run_items([*items, *mixed])["a2"]
     # the run's permutation p-value: one recent amount (the first tiny one, learnt a minute
     # before) is below the run's largest, so C(1 + 2, 2) / C(32 + 2, 2) = 3 / 561
@@ -327,6 +332,81 @@ def test_the_pooled_small_amount_p_value_is_calibrated():
             # ...and not uselessly conservative where the ring's 32 amounts can reach it
             if level > 2 * (0.5 / 32 + 1 / 33) ** k:
                 assert share > level * 0.3, (k, level, share)
+
+
+def test_a_run_far_from_the_users_usual_places_is_pooled_evidence():
+    # a customer who always shops within 2-3 km of home, twice a day
+    items = [_at("fay", f"f{i}", T0 + i * timedelta(hours=11),
+                 {**HOME, "lat": HOME["lat"] + 0.02 * (i % 3 - 1)}, amount=20.0 + (i * 7) % 41,
+                 terminal=f"T{i % 3}") for i in range(60)]
+    t = T0 + 61 * timedelta(hours=11)
+    # two ordinary purchases a minute apart at a web shop registered about 55 km away, or
+    # at one 2 km away
+    far = {**HOME, "lat": HOME["lat"] + 0.5}
+    near = {**HOME, "lat": HOME["lat"] + 0.02}
+    runs = {}
+    for name, where in (("far", far), ("near", near)):
+        pair = [_at("fay", "b1", t, where, amount=31.0, terminal="WEB"),
+                _at("fay", "b2", t + timedelta(seconds=60), where, amount=35.0, terminal="WEB")]
+        runs[name] = run_items([*items, *pair])
+    first, second, ordinary = runs["far"]["b1"], runs["far"]["b2"], runs["near"]["b2"]
+    # 59 distances learnt (the first transaction had no home to measure from), none far
+    assert first.features["dist_p"] == pytest.approx(1 / 60)
+    # pooled with the first far purchase (learnt a minute before: r = 1 of 60),
+    # C(1 + 2, 2) / C(60 + 2, 2)
+    assert second.features["dist_p"] == pytest.approx(3 / 1891)
+    assert ordinary.features["dist_p"] > 0.25  # two at one of the user's usual distances
+    assert second.components["behaviour"] > ordinary.components["behaviour"] + 1.0
+    assert second.score > ordinary.score + 0.5 and not ordinary.is_alert
+    assert "unusual_distance" in {r.code for r in explain(second.features, second.components)}
+    assert "unusual_distance" not in {r.code for r in explain(ordinary.features,
+                                                              ordinary.components)}
+
+
+def test_online_purchases_in_a_row_are_pooled_evidence():
+    # a customer who shops online one time in seven
+    items = [txn(f"g{i}", "gus", 20.0 + (i * 7) % 41, T0 + i * timedelta(hours=11),
+                 terminal_id=f"T{i % 3}", channel="ecom" if i % 7 == 0 else "pos", **HOME)
+             for i in range(60)]
+    t = T0 + 61 * timedelta(hours=11)
+    runs = {}
+    for channel in ("ecom", "pos"):
+        pair = [txn(f"h{j}", "gus", 33.0, t + j * timedelta(seconds=60), terminal_id="SHOP",
+                    channel=channel, **HOME) for j in (1, 2)]
+        runs[channel] = run_items([*items, *pair])
+    online, in_store = runs["ecom"]["h2"], runs["pos"]["h2"]
+    # the user's share: 9 of 60 online, then the first of the pair: (10 + 1) / (61 + 2);
+    # two of two in the hour online
+    assert online.features["cnp_p"] == pytest.approx((11 / 63) ** 2)
+    assert runs["ecom"]["h1"].features["cnp_p"] == pytest.approx(10 / 62)
+    assert in_store.features["cnp_p"] == 1.0
+    assert online.components["behaviour"] > in_store.components["behaviour"] + 0.3
+    codes = {r.code for r in explain(online.features, online.components)}
+    assert "card_not_present" in codes
+    assert "card_not_present" not in {r.code for r in explain(in_store.features,
+                                                              in_store.components)}
+
+
+def test_the_pooled_distance_p_value_is_calibrated():
+    """Distances of the user's own kind give a p-value at most uniform, alone or several in an
+    hour (the histogram counts ties as extreme: conservative, never liberal)."""
+    import random
+    from array import array
+
+    from operators.user import DIST_EDGES, _dist_p
+
+    rng = random.Random(11)
+    for k in (1, 2, 3):
+        ps = []
+        for _ in range(20_000):
+            h = array("H", bytes(2 * (len(DIST_EDGES) + 1)))
+            for _ in range(rng.randint(20, 200)):
+                h[bisect_right(DIST_EDGES, rng.lognormvariate(1.2, 1.0))] += 1
+            run = [rng.lognormvariate(1.2, 1.0) for _ in range(k)]
+            ps.append(_dist_p(h, run[0], run[1:]))
+        for level in (0.01, 0.05, 0.2):
+            share = sum(p <= level for p in ps) / len(ps)
+            assert share < level * 1.15 + 0.0005, (k, level, share)
 
 
 def test_a_burst_of_alerts_does_not_lift_the_users_own_threshold():

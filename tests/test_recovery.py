@@ -182,9 +182,13 @@ def test_incompatible_snapshot_version_is_refused(version):
         assert "Warm start" in msg and "fresh directory" in msg and "replay history" in msg
 
 
-def test_a_version_5_snapshot_is_migrated_and_scores_as_before():
-    """State version 5 kept a user's day buckets as ``{day: [count, sum]}``; this release
-    reads it into its ring and goes on exactly as from its own snapshot."""
+@pytest.mark.parametrize("old", [5, 6])
+def test_an_older_snapshot_is_migrated_and_scores_as_before(old: int):
+    """State version 5 kept a user's day buckets as ``{day: [count, sum]}``; versions 5 and 6
+    had no histogram of distances from home nor counts of channels, and kept ``(ts, amount)``
+    as recent transactions. This release reads them into its layout and goes on exactly as
+    from its own snapshot (the transactions here carry no location and no channel: there is
+    nothing to lose)."""
     from datetime import UTC, datetime, timedelta
 
     from operators.parse import TxnParser
@@ -205,33 +209,42 @@ def test_a_version_5_snapshot_is_migrated_and_scores_as_before():
     for i in range(140):
         for user in ("a", "b"):
             stage._process(("t", txn(i, user), {}))
-    v6 = stage.snapshot()
+    current = stage.snapshot()
 
-    days_at = _FIELDS.index("days")
+    at = {f: _FIELDS.index(f) for f in ("days", "dists", "recent", "n_channel", "n_cnp")}
 
-    class V5User:  # pickles as a UserState of state version 5
+    class OldUser:  # pickles as a UserState of state version `old`
         def __init__(self, u: UserState) -> None:
             st = list(u.__getstate__())
-            ring = st[days_at]
-            st[days_at] = {int(ring[j]): [ring[j + 1], ring[j + 2]]
-                               for j in range(0, 3 * DAYS, 3) if ring[j] >= 0}
+            assert not any(st[at["dists"]]) and st[at["n_channel"]] == st[at["n_cnp"]] == 0
+            assert all(dk == cnp == -1.0 for _, _, dk, cnp in st[at["recent"]])
+            st[at["recent"]] = [(t, a) for t, a, _, _ in st[at["recent"]]]
+            if old == 5:
+                ring = st[at["days"]]
+                st[at["days"]] = {int(ring[j]): [ring[j + 1], ring[j + 2]]
+                                  for j in range(0, 3 * DAYS, 3) if ring[j] >= 0}
+            for f in sorted(("dists", "n_channel", "n_cnp"), key=at.get, reverse=True):
+                del st[at[f]]
             self.st = tuple(st)
 
         def __reduce__(self) -> Any:
             return (UserState, (), self.st)
 
-    snap = pickle.loads(v6)
-    assert snap["version"] == STATE_VERSION == 6 and 5 in READABLE
+    snap = pickle.loads(current)
+    assert snap["version"] == STATE_VERSION == 7 and {5, 6} <= set(READABLE)
     assert len(snap["users"]["a"].days) == 3 * DAYS  # the ring
-    snap.update(version=5, users={k: V5User(u) for k, u in snap["users"].items()})
-    v5 = pickle.dumps(snap)
+    snap.update(version=old, users={k: OldUser(u) for k, u in snap["users"].items()})
+    migrated = pickle.dumps(snap)
 
     later = [txn(i, user) for i in range(140, 180) for user in ("a", "b")]
-    from_v6, from_v5 = UserStage("u0", cfg, v6, "w"), UserStage("u0", cfg, v5, "w")
-    assert list(from_v5.users["a"].days) == list(from_v6.users["a"].days)
+    from_new, from_old = UserStage("u0", cfg, current, "w"), UserStage("u0", cfg, migrated, "w")
+    plain = [i for i, f in enumerate(_FIELDS) if f not in ("model", "score_q")]
+    for user in ("a", "b"):
+        st_old, st_new = from_old.users[user].__getstate__(), from_new.users[user].__getstate__()
+        assert [st_old[i] for i in plain] == [st_new[i] for i in plain]
     for t in later:
-        (d6,), (d5,) = from_v6._process(("t", t, {})), from_v5._process(("t", t, {}))
-        assert d5.score == d6.score and d5.features == d6.features
+        (dn,), (do,) = from_new._process(("t", t, {})), from_old._process(("t", t, {}))
+        assert do.score == dn.score and do.features == dn.features
 
 
 @pytest.mark.integration
