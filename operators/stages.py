@@ -50,13 +50,14 @@ a warm start (see README, Recovery).
 stored in ``Txn`` and ``Label`` (the batch stages); 5: the alert budget's histogram pickles
 by its constructor's arguments (the compiled modules, ``operators.native``); 6: a user's day
 buckets are a ring in one array (``operators.user.DAYS``); 7: a user's histogram of distances
-from home and the distance of each recent transaction (model txw-1.4)."""
+from home, counts of channels, and the distance and channel of each recent transaction (model
+txw-1.4)."""
 
 READABLE = (5, 6, STATE_VERSION)
 """Snapshot versions this release restores: 5 and 6 are migrated as they are read (a user's day
-buckets and distances, ``UserState.__setstate__``; the kept inputs of pending labels,
-``TxwDetector.learn_label``). A migrated user's distance histogram starts empty: the distance
-counts as evidence again after ``operators.user.DIST_MIN_N`` transactions."""
+buckets, distances and channels, ``UserState.__setstate__``; the kept inputs of pending labels,
+``TxwDetector.learn_label``). A migrated user's distance histogram and channel counts start
+empty: they count as evidence again after 10 transactions (``operators.user.DIST_MIN_N``)."""
 
 KIND_LABEL = 0  # labels sort before transactions of the same instant
 KIND_TXN = 1
