@@ -413,6 +413,28 @@ def test_the_pooled_distance_p_value_is_calibrated():
             assert share < level * 1.15 + 0.001, (k, level, share)
 
 
+def test_the_hour_term_behaviour_takes_is_calibrated():
+    """An hour drawn from the user's own habit: ``hour_p``, and the ``2p`` that behaviour takes
+    when ``p < 1/2``, are p-values (at most their level)."""
+    import random
+
+    rng = random.Random(5)
+    ps = []
+    for _ in range(10_000):
+        u = UserState()
+        hours = [min(23, max(0, int(rng.gauss(12, 5.5)))) for _ in range(rng.randint(30, 301))]
+        for h in hours[:-1]:
+            u.hours[h] += 1
+        ps.append(u.features(0.0, 10.0, local_hour=hours[-1])["hour_p"])
+    doubled = [2 * p for p in ps if p < 0.5]
+    for level in (0.01, 0.05, 0.2):
+        for sample in (ps, doubled):
+            share = sum(p <= level for p in sample) / len(sample)
+            assert share < level * 1.15 + 0.002, (level, share)
+        # ...and not uselessly conservative
+        assert sum(p <= level for p in doubled) / len(doubled) > level * 0.2
+
+
 def test_a_burst_of_alerts_does_not_lift_the_users_own_threshold():
     items = [_at("kim", f"k{i}", T0 + i * timedelta(hours=6), HOME) for i in range(120)]
     t = T0 + 121 * timedelta(hours=6)
