@@ -50,6 +50,11 @@ MAX_REASONS = 4
 Candidate = tuple[float, Reason]
 
 
+def _rare(p: float, code: str, text: str) -> Candidate:
+    """A reason from a p-value: salience -log10(p), at most 4."""
+    return (min(4.0, -math.log10(p)), Reason(code, text, p))
+
+
 def _amount(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
     out: list[Candidate] = []
     if f.get("u_n", 0) < 3:
@@ -74,7 +79,7 @@ def _amount(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
         # least the share of recent amounts below the run's largest
         share = 100 * pb ** (1 / k)
         text = f"{k:.0f} amounts within an hour, each among this user's smallest {share:.0f} %"
-        out.append((min(4.0, -math.log10(pb)), Reason("small_amounts", text, pb)))
+        out.append(_rare(pb, "small_amounts", text))
     return out
 
 
@@ -94,9 +99,8 @@ def _novelty(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
     if cp < 0.05:
         # cp: the binomial tail of the hour's online purchases at the user's own share
         # (operators.user._cnp_p)
-        out.append((min(4.0, -math.log10(cp)), Reason(
-            "card_not_present", "online (card-not-present) purchase, rare for this user "
-            f"(p = {cp:.2g})", cp)))
+        out.append(_rare(cp, "card_not_present",
+                         f"online (card-not-present) purchase, rare for this user (p = {cp:.2g})"))
     return out
 
 
@@ -134,9 +138,8 @@ def _travel(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
     if dp < 0.01:
         # dp: the permutation p-value of the distance (operators.user._dist_p), pooled with
         # the user's other transactions of the last hour
-        out.append((min(4.0, -math.log10(dp)), Reason(
-            "unusual_distance", f"{d:,.0f} km from home, farther than this user usually goes",
-            dp)))
+        out.append(_rare(dp, "unusual_distance",
+                         f"{d:,.0f} km from home, farther than this user usually goes"))
     if d >= 100 and f.get("u_n", 0) >= 3 and c.get("travel", 1.0) > 0:
         out.append((min(5.0, d / 200), Reason(
             "far_from_home", f"{d:,.0f} km from this user's usual area", d

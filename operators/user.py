@@ -380,8 +380,7 @@ class UserState:
             if self.home is None:
                 self.home = (lat, lon, 1.0)
             else:
-                d = (dist_home if dist_home is not None
-                     else haversine_km(lat, lon, self.home[0], self.home[1]))
+                d = dk  # (measured above, for the recent list)
                 if not protect:  # typical distance from home (running mean, then slow)
                     self.dist_mean += (d - self.dist_mean) / min(self.n, 50)
                 hl, ho, w = self.home
