@@ -6,8 +6,9 @@ Components (each is reported per transaction, and measured by ``txwatch evaluate
 =================  =========================================================================
 ``user_amount``    robust z-score of the amount against the user's recent amounts
 ``pop_amount``     how rare the amount is in the population (its tail probability as a z)
-``velocity``       Poisson tail of the number of transactions in the last hour / 3 hours /
-                   day, given the user's usual rate (as a z)
+``velocity``       the pace of the run this transaction ends (it and up to 16 before it within
+                   4 hours): the Poisson tail of that many within the run's span at the
+                   user's usual daytime rate (as a z)
 ``travel``         a hop since the previous transaction that no airliner makes in the time
                    (unless it lands back home: then the far one before was the odd one), and
                    transactions still at the place of such a hop, far from home, within a day;
@@ -43,7 +44,7 @@ from operators.scoring import Detector, ZScoreDetector
 from operators.user import HOME_RADIUS_KM, UserState
 from txwatch.settings import Settings
 
-VERSION = "txw-1.4"
+VERSION = "txw-1.5"
 _ND = NormalDist()
 Z_MAX = 12.0
 AIRPORT_HOURS = 2.0
@@ -78,18 +79,6 @@ def z_of_tail(p: float) -> float:
         t = -2.0 * math.log(p)
         return min(Z_MAX, math.sqrt(t - math.log(t) - math.log(2 * math.pi)))
     return min(Z_MAX, _ND.inv_cdf(1.0 - p))
-
-
-def poisson_tail(k: int, lam: float) -> float:
-    """P(N >= k) for N ~ Poisson(lam)."""
-    if k <= 0:
-        return 1.0
-    term = math.exp(-lam)
-    cdf = term
-    for i in range(1, k):
-        term *= lam / i
-        cdf += term
-    return max(0.0, 1.0 - cdf)
 
 
 AMOUNT_EDGES = (*range(20, 401, 20), 500, 700, 1000)
@@ -286,20 +275,10 @@ class TxwDetector:
         # full-history z of the raw amount, shrunk while the history is short
         user_amount = (max(0.0, min(Z_MAX, f["amt_z"])) * math.sqrt(n / (n + 5.0))
                        if n >= 3 else 0.0)
-        # velocity: this transaction and those before it in the window, vs the usual rate
-        days = max(1.0, min(30.0, f["u_days"]))
-        rate_d = max(f["u_cnt_30d"] / days, 0.5)
-        # (factors above 1: traffic is denser by day than the daily mean says)
-        velocity = 0.0
-        if n >= 5:
-            # (no 10-minute window: people do make two or three purchases in a row, and it
-            # cost more on them than it found; card testing shows in `burst` below)
-            # (the largest z is the z of the smallest tail: one inverse normal, not three)
-            velocity = z_of_tail(min(
-                poisson_tail(int(f["u_cnt_1h"]) + 1, rate_d / 24.0 * 2.0),
-                poisson_tail(int(f["u_cnt_3h"]) + 1, rate_d / 8.0 * 1.7),
-                poisson_tail(int(f["u_cnt_1d"]) + 1, rate_d * 1.5),
-            ))
+        # velocity: the pace of the run this transaction ends, against the user's usual rate
+        # (`pace_p`, see operators.user.pace: the run's own span, not fixed windows; a 1-day
+        # window flagged busy ordinary days more often than it found sprees)
+        velocity = z_of_tail(f["pace_p"]) if n >= 5 else 0.0
         # impossible travel: the hop since the previous transaction against the fastest
         # door-to-door trip (2 h of airports plus 800 km/h): a genuine traveller never beats it
         travel = 0.0

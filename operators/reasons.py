@@ -33,6 +33,7 @@ CODES: dict[str, str] = {
     "travel_speed": "implied travel speed since the previous transaction",
     "far_from_home": "distance from the user's usual area",
     "unusual_distance": "farther from home than this user usually transacts (within the region)",
+    "pace": "transactions in faster succession than this user's usual pace",
     "velocity_10m": "a burst of transactions within minutes",
     "velocity_1h": "many transactions in the last hour",
     "velocity_3h": "many transactions in the last three hours",
@@ -149,6 +150,13 @@ def _travel(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
 
 def _velocity(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
     out: list[Candidate] = []
+    pp = f.get("pace_p", 1.0)
+    if pp < 0.01 and c.get("velocity", 0.0) > 0:
+        secs = f.get("pace_secs", 0.0)
+        within = f"{secs:.0f} seconds" if secs < 120 else f"{secs / 60:.0f} minutes"
+        usual = f.get("u_cnt_30d", 0.0) / max(1.0, min(30.0, f.get("u_days", 30.0)))
+        out.append(_rare(pp, "pace", f"{f.get('pace_n', 1.0):.0f} transactions within "
+                                     f"{within}; this user makes {usual:.1f} a day"))
     n10m = f.get("u_cnt_10m", 0.0)
     if n10m >= 2:
         out.append((n10m / 1.5, Reason(

@@ -46,6 +46,13 @@ DIST_EDGES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, HOME_RADIUS_KM)
 transactions by distance; beyond ``HOME_RADIUS_KM`` is a trip (judged by ``travel``)."""
 DIST_MIN_N = 10
 """Distances a user needs before their distance p-value (``dist_p``) counts."""
+PACE_SECS = 4 * HOUR
+"""How far back the pace of a run of transactions is measured (``pace_p``)."""
+PACE_RUN = 16
+"""Most earlier transactions a run may take in (``pace_p``)."""
+PACE_DAYTIME = 2.0
+"""Purchases cluster in the day: the rate a run is judged against is this many times the
+user's mean daily rate spread over 24 hours."""
 CARD_NOT_PRESENT = frozenset({"ecom", "online", "web", "cnp", "card_not_present", "moto"})
 """``channel`` values of a card-not-present transaction (lower case)."""
 
@@ -176,11 +183,14 @@ class UserState:
         hour_amounts: list[float] = []
         hour_dists: list[float] = []
         hour_k = hour_cnp = 0  # the last hour's transactions with a channel, card not present
+        spans: list[float] = []  # seconds back to each transaction of the last PACE_SECS
         for t, a, dk, cnp in self.recent:
             dt = ts - t
             if dt < DAY:
                 c1d += 1
                 s1d += a
+                if dt < PACE_SECS:
+                    spans.append(dt if dt > 0.0 else 0.0)
                 if dt < 3 * HOUR:
                     c3h += 1
                     if dt < HOUR:
@@ -221,6 +231,13 @@ class UserState:
         f["u_mean_1d"] = s1d / c1d if c1d else 0.0
         f["u_mean_7d"] = s7 / c7 if c7 else 0.0
         f["u_mean_30d"] = s30 / c30 if c30 else 0.0
+        # pace: the least likely run of this transaction and the ones just before it
+        if spans:
+            spans.sort()
+            f["pace_p"], f["pace_n"], f["pace_secs"] = pace(
+                spans, c30 / max(1.0, min(30.0, f["u_days"])))
+        else:
+            f["pace_p"], f["pace_n"], f["pace_secs"] = 1.0, 1.0, 0.0
         # amount against the user's own history
         na = self.n_amounts
         if na >= 2:
@@ -422,6 +439,63 @@ def _days_from_dict(days: dict[int, list[float]]) -> array:
         i = 3 * (d % DAYS)
         ring[i], ring[i + 1], ring[i + 2] = float(d), float(days[d][0]), float(days[d][1])
     return ring
+
+
+def poisson_tail(k: int, lam: float) -> float:
+    """P(N >= k) for N ~ Poisson(lam). Below the mean it is summed from ``k`` upwards, not
+    taken as ``1 - cdf``, so the tiny tails of a fast run keep their precision.
+
+    >>> round(poisson_tail(2, 0.1), 6), f"{poisson_tail(5, 1e-3):.4e}"  # (scipy: 8.3264e-18)
+    (0.004679, '8.3264e-18')
+    >>> poisson_tail(0, 1.0), round(poisson_tail(3, 5.0), 4)
+    (1.0, 0.8753)
+    """
+    if k <= 0:
+        return 1.0
+    if lam <= 0.0:
+        return 0.0
+    if lam < k:
+        term = math.exp(k * math.log(lam) - lam - math.lgamma(k + 1.0))
+        tail = 0.0
+        i = k
+        while term > tail * 1e-17:
+            tail += term
+            i += 1
+            term *= lam / i
+        return min(1.0, tail)
+    term = math.exp(-lam)
+    cdf = term
+    for i in range(1, k):
+        term *= lam / i
+        cdf += term
+    return max(0.0, 1.0 - cdf)
+
+
+def pace(spans: list[float], per_day: float) -> tuple[float, float, float]:
+    """How unusual the pace of a run is: ``(p, n, seconds)``, what ``UserState.features``
+    reports as ``pace_p``, ``pace_n`` and ``pace_secs``.
+
+    ``spans`` are the seconds back to the user's earlier transactions within
+    :data:`PACE_SECS`, sorted, and ``per_day`` the user's usual daily count (at least 0.5).
+    For each ``j <= PACE_RUN``, the chance that a Poisson stream at the user's daytime rate
+    (:data:`PACE_DAYTIME`) puts ``j`` transactions within the ``j``-th span (at least a
+    minute); ``p`` is the smallest, ``n = j + 1`` the run's length with this transaction,
+    ``seconds`` its span. A run's own span, unlike a fixed window, fits a spree of any pace.
+
+    >>> p, n, secs = pace([1500.0, 3000.0, 4500.0], 2.0)  # three before it, 25 minutes apart
+    >>> f"{p:.3g}", n, secs
+    ('0.00129', 4.0, 4500.0)
+    >>> pace([7200.0], 2.0)[0] > 0.2  # two purchases two hours apart: nothing unusual
+    True
+    """
+    per_sec = max(per_day, 0.5) * PACE_DAYTIME / DAY
+    best, n, secs = 1.0, 1.0, 0.0
+    for j in range(1, min(len(spans), PACE_RUN) + 1):
+        span = spans[j - 1]
+        p = poisson_tail(j, per_sec * max(span, 60.0))
+        if p < best:
+            best, n, secs = p, float(j + 1), span
+    return best, n, secs
 
 
 def _burst_p(srt: list[float], amount: float, hour_amounts: list[float]) -> float:

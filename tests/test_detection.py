@@ -287,6 +287,76 @@ def test_bursts_are_explained_by_their_window():
     assert last.is_alert and "velocity_3h" in {r.code for r in last.reasons}
 
 
+def test_a_spree_is_judged_by_the_pace_of_its_run():
+    """The velocity of a run is the Poisson tail of its own span at the user's daytime rate,
+    whatever its length: exact p-values, the z taken from them, and the reason."""
+    from operators.detector import z_of_tail
+    from operators.user import PACE_DAYTIME, poisson_tail
+
+    # two purchases a day (every 12 hours) for 40 days, at the user's own terminal
+    items = [_at("pia", f"p{i}", T0 + i * timedelta(hours=12), HOME) for i in range(80)]
+    t = T0 + 81 * timedelta(hours=12)
+    # then one every 20 minutes, at ordinary amounts (a spree), and a calm purchase later
+    spree = [_at("pia", f"s{k}", t + timedelta(minutes=20 * k), HOME) for k in range(6)]
+    calm = _at("pia", "later", t + timedelta(hours=9), HOME)
+    out = run_items([*items, *spree, calm])
+    f = out["s5"].features
+    per_sec = f["u_cnt_30d"] / 30 * PACE_DAYTIME / 86_400
+    # five earlier ones within 100 minutes is the least likely run
+    expected = min(poisson_tail(j, per_sec * 20 * 60 * j) for j in range(1, 6))
+    assert expected == poisson_tail(5, per_sec * 100 * 60)
+    assert f["pace_p"] == pytest.approx(expected, rel=1e-12)
+    assert (f["pace_n"], f["pace_secs"]) == (6.0, 6000.0)
+    assert out["s5"].components["velocity"] == pytest.approx(z_of_tail(expected))
+    assert out["s5"].is_alert
+    reason = next(r for r in out["s5"].reasons if r.code == "pace")
+    # (58 in the 29 days before, 6 today: 2.1 a day)
+    assert reason.text == "6 transactions within 100 minutes; this user makes 2.1 a day"
+    # each further purchase of the run is stronger evidence than the one before
+    ps = [out[f"s{k}"].features["pace_p"] for k in range(1, 6)]
+    assert ps == sorted(ps, reverse=True) and ps[0] > 0.01
+    # nine hours later the pace is ordinary again
+    assert out["later"].features["pace_p"] > 0.1 and out["later"].components["velocity"] == 0
+
+
+def test_the_pace_of_an_ordinary_stream_is_rarely_extreme():
+    """At the rate it is judged against (a Poisson stream), ``pace_p`` is a minimum over up to
+    PACE_RUN runs: below a level at most PACE_RUN times as often as the level, and a tail
+    that the alert threshold's z (3.5) almost never reaches."""
+    import random
+
+    from operators.user import PACE_DAYTIME, PACE_RUN, PACE_SECS, pace
+
+    rng = random.Random(3)
+    per_day = 3.0
+    rate = per_day * PACE_DAYTIME / 86_400
+    ps = []
+    for _ in range(20_000):
+        spans, back = [], 0.0
+        while True:
+            back += rng.expovariate(rate)
+            if back >= PACE_SECS:
+                break
+            spans.append(back)
+        ps.append(pace(spans, per_day)[0])
+    for level in (0.001, 0.01, 0.05):
+        share = sum(p <= level for p in ps) / len(ps)
+        assert share < PACE_RUN * level + 0.0005, (level, share)
+        assert share > 0.3 * level, (level, share)  # and it is not blind
+    assert sum(p <= 2.3e-4 for p in ps) / len(ps) < 0.002  # z 3.5
+
+
+def test_the_poisson_tail_keeps_its_precision_far_out():
+    from scipy.stats import poisson
+
+    from operators.user import poisson_tail
+
+    for k in (1, 2, 3, 5, 8, 12):
+        for lam in (1e-4, 1e-2, 0.3, 1.0, 4.0, 20.0):
+            assert poisson_tail(k, lam) == pytest.approx(poisson.sf(k - 1, lam), rel=1e-9,
+                                                         abs=1e-300), (k, lam)
+
+
 def test_a_run_of_small_amounts_is_pooled_evidence():
     # a customer who spends 20-60 at a few terminals twice a day, one time in ten online
     items = [txn(f"e{i}", "eve", 20.0 + (i * 7) % 41, T0 + i * timedelta(hours=11),
