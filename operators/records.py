@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -18,8 +18,27 @@ Severity = Literal["allow", "review", "block"]
 LabelValue = Literal["fraud", "legit"]
 
 
-@dataclass(frozen=True, slots=True)
-class Txn:
+class _Record:
+    """Pickling of the per-event records as a list of their field values, the format the
+    frozen dataclasses of earlier releases wrote into snapshots (both read each other's).
+
+    Txn, Label and Decision are made once per event and never changed afterwards, but they
+    are not ``frozen``: a frozen dataclass sets each field through ``object.__setattr__``,
+    and constructing a Txn took 5.8 µs against 0.7 µs (timeit, 16 fields).
+    """
+
+    __slots__ = ()
+
+    def __getstate__(self) -> list[Any]:
+        return [getattr(self, f.name) for f in fields(self)]  # type: ignore[arg-type]
+
+    def __setstate__(self, state: list[Any]) -> None:
+        for f, value in zip(fields(self), state, strict=True):  # type: ignore[arg-type]
+            setattr(self, f.name, value)
+
+
+@dataclass(slots=True)
+class Txn(_Record):
     """A validated transaction. ``amount_base`` is the amount in the base currency."""
 
     transaction_id: str
@@ -45,11 +64,11 @@ class Txn:
     """``timestamp`` in seconds since the epoch, computed once (every stage orders by it)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ts_seconds", self.timestamp.timestamp())
+        self.ts_seconds = self.timestamp.timestamp()
 
 
-@dataclass(frozen=True, slots=True)
-class Label:
+@dataclass(slots=True)
+class Label(_Record):
     """A delayed fraud label (chargeback, analyst review), the producer's and web's format."""
 
     transaction_id: str
@@ -64,8 +83,8 @@ class Label:
     """``label_time`` in seconds since the epoch, computed once (the stages order by it)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "txn_ts", self.transaction_time.timestamp())
-        object.__setattr__(self, "label_ts", self.label_time.timestamp())
+        self.txn_ts = self.transaction_time.timestamp()
+        self.label_ts = self.label_time.timestamp()
 
     @property
     def is_fraud(self) -> bool:
@@ -107,8 +126,8 @@ class Reason:
         return {"code": self.code, "text": self.text, "value": self.value}
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+@dataclass(slots=True)
+class Decision(_Record):
     """The decision on one transaction."""
 
     txn: Txn

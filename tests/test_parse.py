@@ -142,3 +142,25 @@ def test_any_json_object_parses_or_fails_cleanly(obj):
     else:
         assert math.isfinite(float(t.amount_base)) and t.amount_base >= 0
         assert isinstance(t.transaction_id, str) and isinstance(t.user_id, str)
+
+
+def test_records_pickle_as_the_frozen_records_of_earlier_releases():
+    """Snapshots hold Txn and Label objects: their state is the list of field values that the
+    frozen dataclasses of state version 7's first releases wrote, both ways."""
+    import pickle
+    from dataclasses import fields
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from operators.records import Label, Txn
+
+    ts = datetime(2018, 4, 1, 12, tzinfo=UTC)
+    t = Txn("t1", "u1", Decimal("12.50"), ts, "EUR", Decimal("12.50"), terminal_id="T1")
+    lb = Label("t1", "u1", "T1", "fraud", ts, ts)
+    for rec in (t, lb):
+        state = rec.__getstate__()
+        assert state == [getattr(rec, f.name) for f in fields(rec)]  # the frozen format
+        fresh = type(rec).__new__(type(rec))
+        fresh.__setstate__(state)
+        assert fresh == rec == pickle.loads(pickle.dumps(rec))
+    assert pickle.loads(pickle.dumps(t)).ts_seconds == ts.timestamp()
