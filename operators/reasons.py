@@ -154,9 +154,9 @@ def _velocity(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
     if pp < 0.01 and c.get("velocity", 0.0) > 0:
         secs = f.get("pace_secs", 0.0)
         within = f"{secs:.0f} seconds" if secs < 120 else f"{secs / 60:.0f} minutes"
-        usual = f.get("u_cnt_30d", 0.0) / max(1.0, min(30.0, f.get("u_days", 30.0)))
         out.append(_rare(pp, "pace", f"{f.get('pace_n', 1.0):.0f} transactions within "
-                                     f"{within}; this user makes {usual:.1f} a day"))
+                                     f"{within}; this user makes "
+                                     f"{f.get('u_per_day', 0.0):.1f} a day"))
     n10m = f.get("u_cnt_10m", 0.0)
     if n10m >= 2:
         out.append((n10m / 1.5, Reason(

@@ -231,11 +231,12 @@ class UserState:
         f["u_mean_1d"] = s1d / c1d if c1d else 0.0
         f["u_mean_7d"] = s7 / c7 if c7 else 0.0
         f["u_mean_30d"] = s30 / c30 if c30 else 0.0
-        # pace: the least likely run of this transaction and the ones just before it
+        # pace: the least likely run of this transaction and the ones just before it, at the
+        # user's usual daily count
+        per_day = f["u_per_day"] = c30 / max(1.0, min(30.0, f["u_days"]))
         if spans:
             spans.sort()
-            f["pace_p"], f["pace_n"], f["pace_secs"] = pace(
-                spans, c30 / max(1.0, min(30.0, f["u_days"])))
+            f["pace_p"], f["pace_n"], f["pace_secs"] = pace(spans, per_day)
         else:
             f["pace_p"], f["pace_n"], f["pace_secs"] = 1.0, 1.0, 0.0
         # amount against the user's own history
@@ -442,8 +443,8 @@ def _days_from_dict(days: dict[int, list[float]]) -> array:
 
 
 def poisson_tail(k: int, lam: float) -> float:
-    """P(N >= k) for N ~ Poisson(lam). Below the mean it is summed from ``k`` upwards, not
-    taken as ``1 - cdf``, so the tiny tails of a fast run keep their precision.
+    """P(N >= k) for N ~ Poisson(lam). For ``k`` above the mean it is summed from ``k``
+    upwards, not taken as ``1 - cdf``, so the tiny tails of a fast run keep their precision.
 
     >>> round(poisson_tail(2, 0.1), 6), f"{poisson_tail(5, 1e-3):.4e}"  # (scipy: 8.3264e-18)
     (0.004679, '8.3264e-18')
