@@ -44,7 +44,7 @@ from operators.scoring import Detector, ZScoreDetector
 from operators.user import HOME_RADIUS_KM, UserState
 from txwatch.settings import Settings
 
-VERSION = "txw-1.5"
+VERSION = "txw-1.6"
 _ND = NormalDist()
 Z_MAX = 12.0
 AIRPORT_HOURS = 2.0

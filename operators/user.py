@@ -128,9 +128,10 @@ class UserState:
         self.amt_mean = 0.0
         self.amt_m2 = 0.0
         self.amounts = array("f")  # ring of the last RING amounts
-        # (ts, amount, km from home, card not present 1.0 / present 0.0) of the last 24 h,
-        # -1.0 for what is unknown
-        self.recent: list[tuple[float, float, float, float]] = []
+        # (ts, amount, km from home, card not present 1.0 / present 0.0, learnt) of the last
+        # 24 h, -1.0 for what is unknown; learnt is False for a flagged one, kept out of the
+        # baselines (a bool: one byte pickled, no object)
+        self.recent: list[tuple[float, float, float, float, bool]] = []
         self.days = _new_days()  # ring of (day, count, sum), the last DAYS days
         self.seen = [0, 0, 0, 0]  # Bloom sets: terminal, merchant, category, country
         self.home: tuple[float, float, float] | None = None  # (lat, lon, weight)
@@ -154,8 +155,12 @@ class UserState:
         for s, v in zip(_FIELDS, st, strict=True):
             if s == "days" and isinstance(v, dict):
                 v = _days_from_dict(v)  # state version 5: {day: [count, sum]}
+            # (older versions did not keep whether a recent transaction was learnt: as most
+            # are, it counts as learnt)
             elif s == "recent" and v and len(v[0]) == 2:
-                v = [(t, a, -1.0, -1.0) for t, a in v]  # versions 5 and 6: (ts, amount)
+                v = [(t, a, -1.0, -1.0, True) for t, a in v]  # versions 5 and 6: (ts, amount)
+            elif s == "recent" and v and len(v[0]) == 4:
+                v = [(*r, True) for r in v]  # version 7
             setattr(self, s, v)
 
     # --- features ---------------------------------------------------------------------------
@@ -183,8 +188,13 @@ class UserState:
         hour_amounts: list[float] = []
         hour_dists: list[float] = []
         hour_k = hour_cnp = 0  # the last hour's transactions with a channel, card not present
+        # what the last hour's transactions taught the baselines (their amounts, distance bins
+        # and channels): a run is judged against the history before it, not against itself
+        run_amounts: list[float] = []
+        run_bins: list[int] = []
+        run_k = run_cnp = 0
         spans: list[float] = []  # seconds back to each transaction of the last PACE_SECS
-        for t, a, dk, cnp in self.recent:
+        for t, a, dk, cnp, learnt in self.recent:
             dt = ts - t
             if dt < DAY:
                 c1d += 1
@@ -202,6 +212,13 @@ class UserState:
                         if cnp >= 0.0:
                             hour_k += 1
                             hour_cnp += cnp > 0.0
+                        if learnt:
+                            run_amounts.append(a)
+                            if dk >= 0.0:
+                                run_bins.append(bisect_right(DIST_EDGES, dk))
+                            if cnp >= 0.0:
+                                run_k += 1
+                                run_cnp += cnp > 0.0
                         if dt < 600.0:
                             c10m += 1
         today = int(ts // DAY)
@@ -267,8 +284,11 @@ class UserState:
             pctl = f["amt_pctl"] = (below + 0.5 * equal) / k
             # (alone, the amount's p-value is its percentile plus one ring slot: no second
             # search of the ring)
-            f["amt_p_burst"] = (_burst_p(srt, amount, hour_amounts) if hour_amounts
-                                else min(1.0, pctl + 1.0 / (RING + 1)))
+            if hour_amounts:
+                f["amt_p_burst"] = _burst_p(_without(srt, run_amounts) if run_amounts else srt,
+                                            amount, hour_amounts)
+            else:
+                f["amt_p_burst"] = min(1.0, pctl + 1.0 / (RING + 1))
         else:
             f["amt_robust_z"] = 0.0
             f["amt_pctl"] = 0.5
@@ -291,8 +311,16 @@ class UserState:
                 speed = hop / took
         f["dist_home_km"] = dist
         # how unusual this distance from home is for the user (trips are judged by travel)
-        f["dist_p"] = (_dist_p(self.dists, dist, hour_dists)
-                       if self.home is not None and dist <= HOME_RADIUS_KM else 1.0)
+        if self.home is not None and dist <= HOME_RADIUS_KM:
+            dists = self.dists
+            if run_bins:
+                dists = array("H", dists)
+                for b in run_bins:
+                    if dists[b]:
+                        dists[b] -= 1
+            f["dist_p"] = _dist_p(dists, dist, hour_dists)
+        else:
+            f["dist_p"] = 1.0
         f["hop_km"] = hop
         f["speed_kmh"] = speed
         # hour of day against habit
@@ -308,7 +336,8 @@ class UserState:
         f["hour_p"] = (sum(srt_h[:k_h]) + k_h) / (total + 24)
         f["new_terminal_rate"] = (self.n_new_terminal + 1) / (n + 2)
         # card not present: how unusual that many are in the hour for this user
-        f["cnp_p"] = (_cnp_p(self.n_cnp, self.n_channel, hour_cnp + 1, hour_k + 1)
+        f["cnp_p"] = (_cnp_p(max(0, self.n_cnp - run_cnp), max(0, self.n_channel - run_k),
+                             hour_cnp + 1, hour_k + 1)
                       if _is_cnp(channel) else 1.0)
         f["dist_typical"] = self.dist_mean
         return f
@@ -363,7 +392,7 @@ class UserState:
             if not protect:  # (a flagged one does not teach the user's share)
                 self.n_channel += 1
                 self.n_cnp += cnp > 0.0
-        recent.append((ts, amount, dk, cnp))
+        recent.append((ts, amount, dk, cnp, not protect))
         if len(recent) > RECENT_MAX:
             del recent[:-RECENT_MAX]
         day = int(ts // DAY)
@@ -524,6 +553,21 @@ def _burst_p(srt: list[float], amount: float, hour_amounts: list[float]) -> floa
     r = bisect_right(srt, max(amount, max(hour_amounts)))  # ties count as below
     k = len(hour_amounts) + 1
     return math.comb(r + k, k) / math.comb(n + k, k)
+
+
+def _without(srt: list[float], amounts: list[float]) -> list[float]:
+    """The sorted ring ``srt`` without one occurrence of each of ``amounts`` (as the ring
+    stores them, in single precision); an amount no longer in the ring is skipped.
+
+    >>> _without([1.0, 2.5, 2.5, 7.0], [2.5, 9.0])
+    [1.0, 2.5, 7.0]
+    """
+    out = list(srt)
+    for v in array("f", amounts):
+        i = bisect_left(out, v)
+        if i < len(out) and out[i] == v:
+            del out[i]
+    return out
 
 
 def _dist_p(dists: array, dist: float, hour_dists: list[float]) -> float:

@@ -372,9 +372,10 @@ def test_a_run_of_small_amounts_is_pooled_evidence():
     tiny = [web("a1", 1.0, t), web("a2", 1.5, t + timedelta(seconds=60))]
     mixed = [web("a1", 1.0, t), web("a2", 38.0, t + timedelta(seconds=60))]
     run, ordinary = run_items([*items, *tiny])["a2"], run_items([*items, *mixed])["a2"]
-    # the run's permutation p-value: one recent amount (the first tiny one, learnt a minute
-    # before) is below the run's largest, so C(1 + 2, 2) / C(32 + 2, 2) = 3 / 561
-    assert run.features["amt_p_burst"] == pytest.approx(3 / 561)
+    # the run's permutation p-value against the amounts before it: the first tiny one, learnt
+    # a minute before, is part of the run, not of its reference, so none of the other 31 is
+    # below the run's largest: C(0 + 2, 2) / C(31 + 2, 2) = 1 / 528
+    assert run.features["amt_p_burst"] == pytest.approx(1 / 528)
     assert ordinary.features["amt_p_burst"] > 0.25
     assert run.components["behaviour"] > ordinary.components["behaviour"] + 0.75
     assert run.is_alert and not ordinary.is_alert
@@ -422,9 +423,10 @@ def test_a_run_far_from_the_users_usual_places_is_pooled_evidence():
     first, second, ordinary = runs["far"]["b1"], runs["far"]["b2"], runs["near"]["b2"]
     # 59 distances learnt (the first transaction had no home to measure from), none far
     assert first.features["dist_p"] == pytest.approx(1 / 60)
-    # pooled with the first far purchase (learnt a minute before: r = 1 of 60),
-    # C(1 + 2, 2) / C(60 + 2, 2)
-    assert second.features["dist_p"] == pytest.approx(3 / 1891)
+    # pooled with the first far purchase, against the 59 distances before the run (the first,
+    # learnt a minute before, is part of the run, not of its reference): C(0 + 2, 2) /
+    # C(59 + 2, 2)
+    assert second.features["dist_p"] == pytest.approx(1 / 1830)
     assert ordinary.features["dist_p"] > 0.25  # two at one of the user's usual distances
     assert second.components["behaviour"] > ordinary.components["behaviour"] + 1.0
     assert second.score > ordinary.score + 0.5 and not ordinary.is_alert
@@ -445,9 +447,10 @@ def test_online_purchases_in_a_row_are_pooled_evidence():
                     channel=channel, **HOME) for j in (1, 2)]
         runs[channel] = run_items([*items, *pair])
     online, in_store = runs["ecom"]["h2"], runs["pos"]["h2"]
-    # the user's share: 9 of 60 online, then the first of the pair: (10 + 1) / (61 + 2);
+    # the user's share before the pair: 9 of 60 online, (9 + 1) / (60 + 2) (the first of the
+    # pair, learnt a minute before, is part of the run, not of the share it is judged by);
     # two of two in the hour online
-    assert online.features["cnp_p"] == pytest.approx((11 / 63) ** 2)
+    assert online.features["cnp_p"] == pytest.approx((10 / 62) ** 2)
     assert runs["ecom"]["h1"].features["cnp_p"] == pytest.approx(10 / 62)
     assert in_store.features["cnp_p"] == 1.0
     assert online.components["behaviour"] > in_store.components["behaviour"] + 0.3

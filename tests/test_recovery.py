@@ -182,13 +182,14 @@ def test_incompatible_snapshot_version_is_refused(version):
         assert "Warm start" in msg and "fresh directory" in msg and "replay history" in msg
 
 
-@pytest.mark.parametrize("old", [5, 6])
+@pytest.mark.parametrize("old", [5, 6, 7])
 def test_an_older_snapshot_is_migrated_and_scores_as_before(old: int):
     """State version 5 kept a user's day buckets as ``{day: [count, sum]}``; versions 5 and 6
     had no histogram of distances from home nor counts of channels, and kept ``(ts, amount)``
-    as recent transactions. This release reads them into its layout and goes on exactly as
-    from its own snapshot (the transactions here carry no location and no channel: there is
-    nothing to lose)."""
+    as recent transactions; version 7 kept ``(ts, amount, km, card not present)``, not whether
+    each was learnt. This release reads them into its layout and goes on exactly as from its
+    own snapshot (the transactions here carry no location and no channel, and none is flagged:
+    there is nothing to lose)."""
     from datetime import UTC, datetime, timedelta
 
     from operators.parse import TxnParser
@@ -217,8 +218,13 @@ def test_an_older_snapshot_is_migrated_and_scores_as_before(old: int):
         def __init__(self, u: UserState) -> None:
             st = list(u.__getstate__())
             assert not any(st[at["dists"]]) and st[at["n_channel"]] == st[at["n_cnp"]] == 0
-            assert all(dk == cnp == -1.0 for _, _, dk, cnp in st[at["recent"]])
-            st[at["recent"]] = [(t, a) for t, a, _, _ in st[at["recent"]]]
+            assert all(dk == cnp == -1.0 and learnt is True
+                       for _, _, dk, cnp, learnt in st[at["recent"]])
+            if old == 7:
+                st[at["recent"]] = [r[:4] for r in st[at["recent"]]]
+                self.st = tuple(st)
+                return
+            st[at["recent"]] = [(t, a) for t, a, _, _, _ in st[at["recent"]]]
             if old == 5:
                 ring = st[at["days"]]
                 st[at["days"]] = {int(ring[j]): [ring[j + 1], ring[j + 2]]
@@ -231,7 +237,7 @@ def test_an_older_snapshot_is_migrated_and_scores_as_before(old: int):
             return (UserState, (), self.st)
 
     snap = pickle.loads(current)
-    assert snap["version"] == STATE_VERSION == 7 and {5, 6} <= set(READABLE)
+    assert snap["version"] == STATE_VERSION == 8 and {5, 6, 7} <= set(READABLE)
     assert len(snap["users"]["a"].days) == 3 * DAYS  # the ring
     snap.update(version=old, users={k: OldUser(u) for k, u in snap["users"].items()})
     migrated = pickle.dumps(snap)
