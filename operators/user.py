@@ -330,10 +330,12 @@ class UserState:
         ph = hours[hour]
         f["hour_rarity"] = -math.log((ph + 1) / (total + 24)) - _LOG24
         # p-value of the hour: the probability mass of hours at most as likely as this one
-        # (sum of h + 1 over the hours with h <= ph, in integers: the k smallest counts)
-        srt_h = sorted(hours)
-        k_h = bisect_right(srt_h, ph)
-        f["hour_p"] = (sum(srt_h[:k_h]) + k_h) / (total + 24)
+        # (sum of h + 1 over the hours with h <= ph, in integers; one pass, no sorted copy)
+        mass = 0
+        for h in hours:
+            if h <= ph:
+                mass += h + 1
+        f["hour_p"] = mass / (total + 24)
         f["new_terminal_rate"] = (self.n_new_terminal + 1) / (n + 2)
         # card not present: how unusual that many are in the hour for this user
         f["cnp_p"] = (_cnp_p(max(0, self.n_cnp - run_cnp), max(0, self.n_channel - run_k),
