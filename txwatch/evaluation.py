@@ -152,13 +152,86 @@ def figures(d: EvalData, score: np.ndarray, alert: np.ndarray | None) -> dict[st
 
 def evaluate(tx_path: str, scores_path: str, start: date = date(2018, 8, 8),
              end: date = date(2018, 8, 14), delay_days: int = 7,
-             plots_dir: str | None = None) -> dict[str, Any]:
+             plots_dir: str | None = None, with_ceilings: bool = False) -> dict[str, Any]:
     d = load(tx_path, scores_path, start, end, delay_days)
     res = {"window": f"{start}..{end}", **figures(d, d.score, d.alert)}
     res["components"] = {k: figures(d, v, None) for k, v in sorted(d.components.items())}
+    if with_ceilings:
+        res["ceilings"] = ceilings(tx_path, d)
     if plots_dir:
         res["plots"] = plots(d, plots_dir)
     return res
+
+
+SCENARIO_1_LIMIT = 220.0
+"""The handbook's scenario 1: every amount above it is fraud."""
+COMPROMISED_BOOST = 2.0
+COMPROMISED_DAYS = 14
+
+
+def ceilings(tx_path: str, d: EvalData) -> dict[str, float]:
+    """Average precision of orderings that know what no detector knows, on the evaluated
+    transactions: what a label-free score is measured against.
+
+    - ``perfect_label_free``: every fraud of a scenario with per-user or amount evidence (all
+      but scenario 2, the compromised terminals, which only labels reveal) above everything;
+    - ``amount_oracle``: amounts above 220 (scenario 1) first, then the amount over the
+      customer's true mean (of all their legitimate amounts in the file; a detector can only
+      estimate it from the past);
+    - ``amount_oracle_compromised``: the same plus 2 for a customer with a detectable
+      scenario-3 fraud (more than 3 times their mean) in the 14 days before, that is, knowing
+      which cards are compromised.
+
+    The last two rank scenario 3 by the likelihood ratio of its ×5 amounts, which grows with
+    amount / mean; the ×5 of a small draw stays inside the customer's range, so even they
+    fall short of the first.
+    """
+    from sklearn.metrics import average_precision_score
+
+    y = d.fraud
+    if not 0 < y.sum() < len(y):
+        return {}
+    wanted = {tid: i for i, tid in enumerate(d.ids)}
+    amount = np.zeros(len(y))
+    when = np.zeros(len(y))
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    s3: dict[str, list[tuple[float, float]]] = defaultdict(list)  # user -> (ts, amount)
+    with open(tx_path, "rb") as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+                a = float(r["amount"])
+                ts = datetime.fromisoformat(r["timestamp"]).timestamp()
+                user = r["user_id"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if not int(r.get("is_fraud", 0) or 0):
+                sums[user] += a
+                counts[user] += 1
+            elif int(r.get("fraud_scenario", 0) or 0) == 3:
+                s3[user].append((ts, a))
+            i = wanted.get(r.get("transaction_id"))
+            if i is not None:
+                amount[i], when[i] = a, ts
+    mean = np.array([sums[u] / counts[u] if counts[u] else 1.0 for u in d.users.tolist()])
+    ratio = np.where(amount > SCENARIO_1_LIMIT, np.inf, amount / np.maximum(mean, 1e-9))
+    ratio = np.minimum(ratio, 1e9)
+    horizon = COMPROMISED_DAYS * DAY
+    known = np.array([
+        any(t - horizon <= ft < t and fa > 3 * m for ft, fa in s3.get(u, ()))
+        for u, t, m in zip(d.users.tolist(), when.tolist(), mean.tolist(), strict=True)
+    ])
+    visible = (y == 1) & (d.scenario != 2)
+
+    def ap(score: np.ndarray) -> float:
+        return float(average_precision_score(y, score))
+
+    return {
+        "perfect_label_free": ap(visible.astype(float)),
+        "amount_oracle": ap(ratio),
+        "amount_oracle_compromised": ap(ratio + COMPROMISED_BOOST * known),
+    }
 
 
 def plots(d: EvalData, out_dir: str) -> list[str]:
@@ -214,6 +287,10 @@ def format_report(res: dict[str, Any]) -> str:
                    f"  in top 1% {r['recall_top1pct']:.3f}")
     for k, r in res.get("components", {}).items():
         out.append(line(k, r))
+    if res.get("ceilings"):
+        out.append("ceilings (orderings that know what no detector knows; see "
+                   "txwatch.evaluation.ceilings):")
+        out.extend(f"  {k:<26} AP {v:.3f}" for k, v in res["ceilings"].items())
     return "\n".join(out)
 
 

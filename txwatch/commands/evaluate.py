@@ -12,7 +12,7 @@ from txwatch.evaluation import evaluate, format_report, parse_date
 def _run(args: argparse.Namespace) -> int:
     try:
         res = evaluate(args.input, args.scores, parse_date(args.start), parse_date(args.end),
-                       args.delay_days, args.plots)
+                       args.delay_days, args.plots, args.ceilings)
     except FileNotFoundError as e:
         print(f"txwatch evaluate: {e}", file=sys.stderr)
         return 2
@@ -40,5 +40,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--delay-days", type=int, default=7,
                    help="days after which a fraud makes its card known (7)")
     p.add_argument("--plots", default=None, help="directory for the PR curve and histogram")
+    p.add_argument("--ceilings", action="store_true",
+                   help="also the AP of orderings that know the ground truth (simulated data "
+                   "of the handbook's design): a perfect label-free ordering, the amount over "
+                   "each customer's true mean, and the same knowing the compromised cards")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=_run)

@@ -1,0 +1,52 @@
+"""`txwatch evaluate`'s ceilings: the AP of orderings that know the ground truth."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from producer.config import SimConfig
+from producer.simulator import iter_transactions
+from txwatch.evaluation import evaluate, format_report, load
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory) -> tuple[Path, Path]:
+    """Simulated transactions (scenarios 1-3) and, as their scores, the raw amounts."""
+    d = tmp_path_factory.mktemp("ceil")
+    tx, scores = d / "tx.jsonl", d / "s.jsonl"
+    cfg = SimConfig(n_customers=400, n_terminals=800, n_days=45, seed=11,
+                    start=date(2018, 7, 10), scenarios=frozenset({1, 2, 3}))
+    with tx.open("w") as f, scores.open("w") as s:
+        for r in iter_transactions(cfg):
+            f.write(json.dumps(r) + "\n")
+            s.write(json.dumps({"transaction_id": r["transaction_id"], "user_id": r["user_id"],
+                                "timestamp": r["timestamp"], "score": r["amount"],
+                                "alert": False, "components": {}}) + "\n")
+    return tx, scores
+
+
+def test_ceilings_bound_the_amount_and_are_exact_where_they_can_be(scored):
+    tx, scores = scored
+    window = (date(2018, 8, 8), date(2018, 8, 14))
+    res = evaluate(str(tx), str(scores), *window, with_ceilings=True)
+    c = res["ceilings"]
+    d = load(str(tx), str(scores), *window)
+    y, scen = d.fraud, d.scenario
+    n, frauds, visible = len(y), int(y.sum()), int(((y == 1) & (scen != 2)).sum())
+    assert 0 < visible < frauds  # both kinds are in the window
+    # every visible fraud first, the rest tied: precision 1 up to their share of the recall,
+    # then the base rate for the terminals' frauds
+    assert c["perfect_label_free"] == pytest.approx(visible / frauds + (frauds - visible) / n)
+    # the raw amount (this file's score) also ranks scenario 1 first, then scenario 3 by
+    # amount instead of amount over the customer's mean: the oracle does better, and no
+    # ordering beats the perfect one
+    assert res["average_precision"] < c["amount_oracle"] <= c["perfect_label_free"]
+    assert c["amount_oracle_compromised"] <= c["perfect_label_free"]
+    assert np.isfinite(list(c.values())).all()
+    assert "amount_oracle_compromised  AP" in format_report(res)
+    assert "ceilings" not in evaluate(str(tx), str(scores), *window)
