@@ -46,7 +46,7 @@ def test_bench_smoke_json(tmp_path):
     for key in ("passthrough_eps", "full_eps", "baseline_eps", "ratio_full_passthrough",
                 "p50_ms", "p99_ms", "state_bytes_per_user"):
         assert key in out, key
-    assert set(out["eps_by_processes"]) == {"2"}
+    assert set(out["eps_by_processes"]) == set(out["cpu_us_per_event_by_processes"]) == {"2"}
     assert set(out["state_bytes_by_users"]) == {"300", "1000"}
     assert set(out["state_bytes_by_users"]["1000"]) == {"bytes_per_user", "rss_bytes",
                                                         "rss_bytes_per_user"}

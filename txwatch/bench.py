@@ -576,6 +576,7 @@ def measure_throughput(b: Bench, opts: BenchOptions, out: dict[str, Any]) -> Non
     out["repeats"] = opts.repeats
     if opts.processes:
         by: dict[str, float] = {}
+        cpu_by: dict[str, float] = {}
         for k in opts.processes:
             res = b.run("full", b.env(topics, b.database()), processes=k,
                         limit=None)
@@ -583,8 +584,12 @@ def measure_throughput(b: Bench, opts: BenchOptions, out: dict[str, Any]) -> Non
             if total != n:
                 raise RuntimeError(f"{k} processes: processed {total:,} of {n:,} events")
             by[str(k)] = cluster_eps(res)
-            log(f"{k} process(es) x 1 worker, full flow, {n:,} events: {by[str(k)]:,.0f} ev/s")
+            # CPU of all the processes per event: what the exchange between them costs
+            cpu_by[str(k)] = 1e6 * sum(r.cpu_seconds for r in res) / max(1, total)
+            log(f"{k} process(es) x 1 worker, full flow, {n:,} events: {by[str(k)]:,.0f} ev/s "
+                f"({cpu_by[str(k)]:,.0f} CPU µs per event, all processes)")
         out["eps_by_processes"] = by
+        out["cpu_us_per_event_by_processes"] = cpu_by
     if opts.profile:
         b.run("full", b.env(topics, b.database()), profile=opts.profile,
               limit=n_full if n_full < n else None)
