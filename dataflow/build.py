@@ -174,14 +174,24 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     term_out = _stateful_batch("terminal", by_terminal, build_terminal)  # (t-shard, out item)
 
     def route_user(kvs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        # the batch's terminal watermarks go to every user shard packed into one item, after
+        # the batch's transactions: each terminal shard sends one per batch, and broadcasting
+        # each alone made 16 x 16 items per source watermark (pickled when they cross
+        # processes); a later watermark only releases later, never reorders
         out: list[tuple[str, Any]] = []
+        marks: dict[str, tuple[str, float, int]] | None = None
         for _, item in kvs:
             kind = item[0]
             if kind == "t" or kind == "l":
                 out.append((u_key(item[1].user_id), item))
             elif kind == "w":
                 wm = item[1]
-                out.extend((k, ("w", k, wm)) for k in u_keys)
+                if marks is None:
+                    marks = {}
+                marks[wm.origin] = (wm.origin, wm.ts, wm.origins)
+        if marks is not None:
+            packed = tuple(marks.values())
+            out.extend((k, ("w", k, packed)) for k in u_keys)
         return out
 
     user_in = op.flat_map_batch("route_user", term_out, route_user)

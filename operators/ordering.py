@@ -96,6 +96,25 @@ class EventTimeBuffer:
             self.origins = origins
         if ts > self._marks.get(origin, float("-inf")):
             self._marks[origin] = ts
+        return self._advanced()
+
+    def advance_many(self, marks: tuple[tuple[str, float, int], ...]) -> list[Any]:
+        """Record several origins' watermarks, ``(origin, ts, origins)`` each, and return the
+        items they release together, in order (as many :meth:`advance` calls would).
+
+        >>> b = EventTimeBuffer(2)
+        >>> b.push((5.0, 1, "x"), "x", 0.0)
+        >>> b.advance_many((("a", 6.0, 2),)), b.advance_many((("a", 7.0, 2), ("b", 6.0, 2)))
+        ([], ['x'])
+        """
+        m = self._marks
+        for origin, ts, origins in marks:
+            self.origins = origins
+            if ts > m.get(origin, float("-inf")):
+                m[origin] = ts
+        return self._advanced()
+
+    def _advanced(self) -> list[Any]:
         if len(self._marks) < self.origins:
             return []
         wm = min(self._marks.values())

@@ -347,6 +347,11 @@ class _OrderedStage(StatefulBatchLogic[Any, Any, bytes]):
         for value in values:
             wm = self._watermark_of(value)
             if wm is not None:
+                if type(wm) is tuple:  # several origins' (origin, ts, origins), packed
+                    for it in buf.advance_many(wm):
+                        process(it, out)
+                    last_wm = Watermark(*wm[-1])
+                    continue
                 for it in buf.advance(wm.origin, wm.ts, wm.origins):
                     process(it, out)
                 last_wm = wm
@@ -573,14 +578,15 @@ class UserStage(_OrderedStage):
         super().__init__(cfg, buf)
         self._pending_cap = max(1, cfg.max_pending_labels // max(1, cfg.user_shards))
 
-    def _watermark_of(self, value: Any) -> Watermark | None:
+    def _watermark_of(self, value: Any) -> Any:
+        # a Watermark, or a tuple of (origin, ts, origins): the terminal shards' watermarks of
+        # one batch, packed by the routing step (see dataflow.build)
         if value[0] != "w":
             return None
-        if len(value) == 3:  # ("w", shard key, Watermark)
+        if len(value) == 3:  # ("w", shard key, Watermark or packed watermarks)
             self.key = value[1]
-            wm: Watermark = value[2]
-            return wm
-        return value[1]  # type: ignore[no-any-return]
+            return value[2]
+        return value[1]
 
     def _sort_key(self, item: Any) -> tuple[float, int, str] | None:
         kind = item[0]
