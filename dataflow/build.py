@@ -154,15 +154,22 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     u_key = ShardKeys("u", S)
 
     def route_terminal(xs: list[Any]) -> list[tuple[str, Any]]:
-        # shape: Txn | Label -> (terminal shard, item); Watermark -> ("w", shard, wm) to every
-        # terminal shard; Control -> to the user shard(s) it concerns (not through here)
+        # shape: Txn | Label -> (terminal shard, item); the batch's Watermarks -> ("w", shard,
+        # ((origin, ts, origins), ...)) to every terminal shard, after the batch's items (as in
+        # route_user); Control -> to the user shard(s) it concerns (not through here)
         out: list[tuple[str, Any]] = []
+        marks: dict[str, tuple[str, float, int]] | None = None
         for x in xs:
             tp = type(x)
             if tp is Txn or tp is Label:
                 out.append((t_key(x.terminal_id), x))
             elif tp is Watermark:
-                out.extend((k, ("w", k, x)) for k in t_keys)
+                if marks is None:
+                    marks = {}
+                marks[x.origin] = (x.origin, x.ts, x.origins)
+        if marks is not None:
+            packed = tuple(marks.values())
+            out.extend((k, ("w", k, packed)) for k in t_keys)
         return out
 
     good = split.falses

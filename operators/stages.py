@@ -436,12 +436,11 @@ class TerminalStage(_OrderedStage):
         self._n_wm = 0
         self._seen_cap = max(1, cfg.dedupe_max_ids // max(1, cfg.terminal_shards))
 
-    def _watermark_of(self, value: Any) -> Watermark | None:
+    def _watermark_of(self, value: Any) -> Any:
         tp = type(value)
-        if tp is tuple:  # ("w", shard key, Watermark)
+        if tp is tuple:  # ("w", shard key, Watermark or packed watermarks, see dataflow.build)
             self.key = value[1]
-            wm: Watermark = value[2]
-            return wm
+            return value[2]
         if tp is Watermark:
             return value  # type: ignore[no-any-return]
         return None

@@ -147,6 +147,7 @@ def test_any_json_object_parses_or_fails_cleanly(obj):
 def test_records_pickle_as_the_frozen_records_of_earlier_releases():
     """Snapshots hold Txn and Label objects: their state is the list of field values that the
     frozen dataclasses of state version 7's first releases wrote, both ways."""
+    import copyreg
     import pickle
     from dataclasses import fields
     from datetime import UTC, datetime
@@ -164,3 +165,27 @@ def test_records_pickle_as_the_frozen_records_of_earlier_releases():
         fresh.__setstate__(state)
         assert fresh == rec == pickle.loads(pickle.dumps(rec))
     assert pickle.loads(pickle.dumps(t)).ts_seconds == ts.timestamp()
+    # pickled one at a time between processes: no class looked up by name but the record's
+    # own constructor (a Decimal or a datetime costs one each), and the times' offsets kept
+    off = datetime.fromisoformat("2018-04-01T14:00:00+02:00")
+    t2 = Txn("t2", "u1", Decimal("0.10"), off, "EUR", Decimal("0.10"), utc_offset_minutes=120)
+    for rec in (t, lb, t2):
+        wire = pickle.dumps(rec)
+        assert b"decimal" not in wire and b"datetime" not in wire
+        back = pickle.loads(wire)
+        assert back == rec and [getattr(back, f.name) for f in fields(back)] == [
+            getattr(rec, f.name) for f in fields(rec)]
+        assert back.__getstate__() == rec.__getstate__()
+    assert pickle.loads(pickle.dumps(t2)).timestamp.utcoffset() == off.utcoffset()
+
+    class Earlier:  # pickles as this release's records did: class, then the state list
+        def __init__(self, rec: Txn | Label) -> None:
+            self.rec = rec
+
+        def __reduce__(self) -> tuple:
+            # (copyreg's reconstructor: __newobj__ refuses a stand-in of another class)
+            return (copyreg._reconstructor, (type(self.rec), object, None),
+                    self.rec.__getstate__())
+
+    for rec in (t, lb, t2):
+        assert pickle.loads(pickle.dumps(Earlier(rec))) == rec
