@@ -158,18 +158,14 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
         # ((origin, ts, origins), ...)) to every terminal shard, after the batch's items (as in
         # route_user); Control -> to the user shard(s) it concerns (not through here)
         out: list[tuple[str, Any]] = []
-        marks: dict[str, tuple[str, float, int]] | None = None
+        marks: dict[str, Watermark] = {}
         for x in xs:
             tp = type(x)
             if tp is Txn or tp is Label:
                 out.append((t_key(x.terminal_id), x))
             elif tp is Watermark:
-                if marks is None:
-                    marks = {}
-                marks[x.origin] = (x.origin, x.ts, x.origins)
-        if marks is not None:
-            packed = tuple(marks.values())
-            out.extend((k, ("w", k, packed)) for k in t_keys)
+                marks[x.origin] = x
+        _send_marks(marks, t_keys, out)
         return out
 
     good = split.falses
@@ -181,24 +177,18 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     term_out = _stateful_batch("terminal", by_terminal, build_terminal)  # (t-shard, out item)
 
     def route_user(kvs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-        # the batch's terminal watermarks go to every user shard packed into one item, after
-        # the batch's transactions: each terminal shard sends one per batch, and broadcasting
-        # each alone made 16 x 16 items per source watermark (pickled when they cross
-        # processes); a later watermark only releases later, never reorders
+        # (each terminal shard sends a watermark after each of its batches: broadcast alone,
+        # they made 16 x 16 items per source watermark)
         out: list[tuple[str, Any]] = []
-        marks: dict[str, tuple[str, float, int]] | None = None
+        marks: dict[str, Watermark] = {}
         for _, item in kvs:
             kind = item[0]
             if kind == "t" or kind == "l":
                 out.append((u_key(item[1].user_id), item))
             elif kind == "w":
                 wm = item[1]
-                if marks is None:
-                    marks = {}
-                marks[wm.origin] = (wm.origin, wm.ts, wm.origins)
-        if marks is not None:
-            packed = tuple(marks.values())
-            out.extend((k, ("w", k, packed)) for k in u_keys)
+                marks[wm.origin] = wm
+        _send_marks(marks, u_keys, out)
         return out
 
     user_in = op.flat_map_batch("route_user", term_out, route_user)
@@ -244,6 +234,16 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
         op.output("decisions_out", msgs,
                   DecisionSink(settings, settings.decisions_topic, u_keys))
     return flow
+
+
+def _send_marks(marks: dict[str, Watermark], keys: list[str], out: list[Any]) -> None:
+    """A batch's latest watermark of each origin, to every shard key as one item
+    ``("w", key, ((origin, ts, origins), ...))``, after the batch's items (a watermark sent
+    later only releases later, never in another order; one item per shard, not one per
+    origin, is what crosses between processes, pickled)."""
+    if marks:
+        packed = tuple((w.origin, w.ts, w.origins) for w in marks.values())
+        out.extend((k, ("w", k, packed)) for k in keys)
 
 
 def _values(kvs: list[tuple[str, Any]]) -> list[Any]:
