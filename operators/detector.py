@@ -191,7 +191,10 @@ class DetectorParams:
     user_quantile_min_n: int = 50
     budget_per_1000: float = 6.5
     threshold: float = 3.5
+    anomaly_path: bool = False
 
+
+PATH_BINS = 6  # bins of 0.5 of the anomaly path's margin over its threshold (the last: 2.5+)
 
 _STRUCTURES: dict[tuple[Any, ...], Any] = {}
 
@@ -218,7 +221,7 @@ class TxwDetector:
         from river import linear_model, optim
 
         self.p = params
-        self.version = f"{VERSION}-{params.user_model}"
+        self.version = f"{VERSION}-{params.user_model}" + ("-path" if params.anomaly_path else "")
         if params.user_model == "iforest":
             self.user_model: Any = _shared("iforest", params.iforest_trees,
                                            params.iforest_window, params.seed)
@@ -235,9 +238,7 @@ class TxwDetector:
             self.sup = linear_model.LogisticRegression(optimizer=optim.SGD(params.sup_lr))
             self.frauds_learnt = 0
             self.labels_learnt = 0
-            self.budget = HistogramQuantile(lo=0.01, hi=100.0, n_bins=400,
-                                            q=round(1 - params.budget_per_1000 / 1000, 6),
-                                            half_life=50_000)
+            self.budget = self._new_budget()
         else:
             self.pop_masses = state["pop_masses"]
             self.amount_n = state["amount_n"]
@@ -248,6 +249,14 @@ class TxwDetector:
             self.labels_learnt = state["labels_learnt"]
             self.budget = state["budget"]
         self.budget_thr: float | None = None if state is None else state["budget_thr"]
+        # the anomaly path (params.anomaly_path): the label-free decision's own budget, and
+        # per bin of its margin the labels (frauds, all) of the transactions it flagged
+        st = state or {}
+        self.path_budget: HistogramQuantile = st.get("path_budget") or self._new_budget()
+        self.path_thr: float | None = st.get("path_thr")
+        self.path_frauds: array = st.get("path_frauds") or array("d", bytes(8 * PATH_BINS))
+        self.path_labels: array = st.get("path_labels") or array("d", bytes(8 * PATH_BINS))
+        self._path: tuple[Any, float, int] = (None, 0.0, -1)
         self._last_f: Any = None
         self._last_x: Any = None
         self._mf_f: Any = None
@@ -259,6 +268,11 @@ class TxwDetector:
         self._user_hst = params.user_model != "iforest"
 
     # ------------------------------------------------------------------------------------
+    def _new_budget(self) -> HistogramQuantile:
+        return HistogramQuantile(lo=0.01, hi=100.0, n_bins=400,
+                                 q=round(1 - self.p.budget_per_1000 / 1000, 6),
+                                 half_life=50_000)
+
     def _pop_amount_z(self, amount: float) -> float:
         """The amount against the shard's population: z of log(1 + amount) under the
         population's running mean and deviation (monotone in the amount, so every shard
@@ -416,6 +430,14 @@ class TxwDetector:
     def score(self, user: UserState, f: dict[str, float]) -> tuple[float, dict[str, float]]:
         c = self.components(user, f)
         final = c["anomaly"]
+        path_bin = -1
+        if self.p.anomaly_path:
+            anomaly = c["anomaly"]
+            thr = self.p.threshold if self.path_thr is None else max(self.p.threshold,
+                                                                     self.path_thr)
+            if anomaly >= thr:
+                path_bin = min(PATH_BINS - 1, int((anomaly - thr) * 2.0))
+            self._path = (f, anomaly, path_bin)
         if self.frauds_learnt >= self.p.sup_min_frauds:
             values, bins = self._last_x = self.sup_inputs(f, c)
             self._last_f = f
@@ -424,6 +446,14 @@ class TxwDetector:
             # on the z-like scale: p = 0.5 -> 2.5, 0.66 -> 3.5, 0.9 -> 5.8, 0.99 -> 9.4
             lg = math.log(max(p, 1e-12) / max(1.0 - p, 1e-12))
             final = 2.5 + 1.5 * lg
+            if path_bin >= 0:
+                # the label-free decision flagged it: scored by the share of fraud among the
+                # labels of what it flagged at this margin (Laplace's rule), on the same scale
+                pp = (self.path_frauds[path_bin] + 1.0) / (self.path_labels[path_bin] + 2.0)
+                c["anomaly_path"] = pp
+                zp = 2.5 + 1.5 * math.log(pp / (1.0 - pp))
+                if zp > final:
+                    final = zp
         c["threshold"] = self.threshold(user)
         return final, c
 
@@ -455,6 +485,12 @@ class TxwDetector:
         n = self.budget.n_updates
         if n >= 2_000 and n % 256 == 0:  # reading the histogram costs a cumsum: not per event
             self.budget_thr = self.budget.get()
+        pf, anomaly, _b = self._path
+        if pf is f:
+            pb = self.path_budget
+            pb.update(max(anomaly, 0.01))
+            if pb.n_updates >= 2_000 and pb.n_updates % 256 == 0:
+                self.path_thr = pb.get()
         if score >= self.p.threshold:
             return  # protect the anomaly models from what they flag
         # the model features of `f` were built when it was scored: reuse them, and the
@@ -490,10 +526,18 @@ class TxwDetector:
         else:
             values, bins = self.sup_inputs(f, c)
         self._last_f = self._last_x = None
+        pf, _a, path_bin = self._path
+        if pf is f and path_bin >= 0:  # the anomaly path flagged it: its label counts there
+            return (bins, array("f", values), path_bin)
         return (bins, array("f", values))
 
     def learn_label(self, kept: tuple[Any, ...], is_fraud: bool) -> None:
-        names, values = kept
+        names, values = kept[0], kept[1]
+        if len(kept) == 3:
+            b = kept[2]
+            self.path_labels[b] += 1.0
+            if is_fraud:
+                self.path_frauds[b] += 1.0
         if len(names) == len(values):
             # kept by release 1.2 (state version 5, still read): every input's name beside
             # its value, the bins' ones included
@@ -516,6 +560,10 @@ class TxwDetector:
             "labels_learnt": self.labels_learnt,
             "budget": self.budget,
             "budget_thr": self.budget_thr,
+            "path_budget": self.path_budget,
+            "path_thr": self.path_thr,
+            "path_frauds": self.path_frauds,
+            "path_labels": self.path_labels,
         }
 
 
@@ -526,6 +574,7 @@ def params_from_settings(settings: Settings) -> DetectorParams:
         maturity_n=settings.min_history,
         budget_per_1000=settings.alert_budget_per_1000,
         threshold=settings.threshold,
+        anomaly_path=settings.anomaly_path,
     )
 
 

@@ -1,0 +1,119 @@
+"""The anomaly path (``TXWATCH_ANOMALY_PATH``): once the supervised model scores, what the
+label-free decision flags is scored by the share of fraud its labels measured, if higher."""
+
+import math
+import pickle
+import random
+from dataclasses import replace
+
+from operators.detector import PATH_BINS, TxwDetector, params_from_settings
+from operators.user import UserState
+from txwatch.settings import Settings
+
+KW = {"terminal": "T1", "category": "5411", "country": "BE", "lat": 50.8, "lon": 4.3}
+
+
+class _Run:
+    """One user, ordinary amounts around 40, six hours apart; every call scores, keeps,
+    learns, as the user stage does."""
+
+    def __init__(self, path: bool) -> None:
+        self.d = TxwDetector(replace(params_from_settings(Settings()), anomaly_path=path,
+                                     sup_min_frauds=3))
+        self.u = UserState()
+        self.ts = 1.7e9
+        self.rng = random.Random(3)
+
+    def one(self, amount: float | None = None):
+        self.ts += 6 * 3600
+        a = round(self.rng.gauss(40, 5), 2) if amount is None else amount
+        f = self.u.features(self.ts, a, **KW)
+        score, comps = self.d.score(self.u, f)
+        kept = self.d.keep(f, comps)
+        self.d.learn(self.u, f, score)
+        self.u.learn(self.ts, a, protect=score >= comps["threshold"], **KW)
+        return score, comps, kept
+
+    def history(self, extremes_are_fraud: bool) -> tuple[int, int, int]:
+        """(labels on the path, frauds among them, extremes on the path)"""
+        on_path = frauds = extremes = 0
+        for i in range(206):
+            extreme = i >= 200
+            _, _, kept = self.one(400.0 + i - 200 if extreme else None)
+            # three ordinary frauds (the supervised model starts scoring), then six extremes
+            fraud = extremes_are_fraud if extreme else i in (50, 90, 130)
+            self.d.learn_label(kept, fraud)
+            if len(kept) == 3:
+                on_path += 1
+                frauds += fraud
+                extremes += extreme
+        return on_path, frauds, extremes
+
+
+def _z(p: float) -> float:
+    return 2.5 + 1.5 * math.log(p / (1.0 - p))
+
+
+def test_off_by_default_nothing_changes():
+    run = _Run(path=False)
+    run.history(extremes_are_fraud=True)
+    score, comps, kept = run.one(500.0)
+    assert len(kept) == 2
+    assert "anomaly_path" not in comps
+    assert math.isclose(score, _z(comps["supervised"]), rel_tol=1e-9)
+    assert not run.d.version.endswith("-path")
+
+
+def test_what_it_flagged_and_labels_called_fraud_alerts_again():
+    run = _Run(path=True)
+    on_path, frauds, extremes = run.history(extremes_are_fraud=True)
+    assert run.d.version.endswith("-path")
+    assert extremes == 6  # every extreme amount was on the path
+    assert (sum(run.d.path_labels), sum(run.d.path_frauds)) == (on_path, frauds)
+    score, comps, kept = run.one(500.0)
+    assert len(kept) == 3 and 0 <= kept[2] < PATH_BINS  # its label will count in its bin
+    b = kept[2]
+    pp = (run.d.path_frauds[b] + 1.0) / (run.d.path_labels[b] + 2.0)
+    assert comps["anomaly_path"] == pp > 0.8
+    assert score == max(_z(pp), _z(comps["supervised"]))
+    assert score >= comps["threshold"]  # alerted, by the path
+
+
+def test_what_labels_called_legitimate_does_not_alert():
+    run = _Run(path=True)
+    run.history(extremes_are_fraud=False)
+    score, comps, _ = run.one(500.0)
+    assert comps["anomaly_path"] < 0.2
+    assert score == max(_z(comps["anomaly_path"]), _z(comps["supervised"]))
+    assert score < comps["threshold"]  # not alerted
+
+
+def test_ordinary_transactions_are_not_on_the_path():
+    run = _Run(path=True)
+    run.history(extremes_are_fraud=True)
+    _, comps, kept = run.one(41.0)
+    assert "anomaly_path" not in comps and len(kept) == 2
+
+
+def test_snapshot_and_restore_keep_the_path():
+    run = _Run(path=True)
+    run.history(extremes_are_fraud=True)
+    snap = pickle.loads(pickle.dumps(run.d.snapshot()))
+    user = pickle.loads(pickle.dumps(run.u))
+    restored = TxwDetector(run.d.p, snap)
+    assert list(restored.path_frauds) == list(run.d.path_frauds)
+    assert list(restored.path_labels) == list(run.d.path_labels)
+    ts = run.ts + 3600
+    a = run.u.features(ts, 500.0, **KW)
+    b = user.features(ts, 500.0, **KW)
+    assert run.d.score(run.u, a) == restored.score(user, b)
+
+
+def test_snapshots_without_the_path_still_load():
+    run = _Run(path=False)
+    run.history(extremes_are_fraud=True)
+    snap = run.d.snapshot()
+    for k in ("path_budget", "path_thr", "path_frauds", "path_labels"):
+        del snap[k]  # as written before the path existed
+    d = TxwDetector(replace(run.d.p, anomaly_path=True), snap)
+    assert sum(d.path_labels) == 0 and d.path_thr is None
