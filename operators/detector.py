@@ -252,7 +252,9 @@ class TxwDetector:
         # the anomaly path (params.anomaly_path): the label-free decision's own budget, and
         # per bin of its margin the labels (frauds, all) of the transactions it flagged
         st = state or {}
-        self.path_budget: HistogramQuantile = st.get("path_budget") or self._new_budget()
+        # (the histogram only when the path is on: snapshots without it stay as they were)
+        self.path_budget: HistogramQuantile | None = st.get("path_budget") or (
+            self._new_budget() if params.anomaly_path else None)
         self.path_thr: float | None = st.get("path_thr")
         self.path_frauds: array = st.get("path_frauds") or array("d", bytes(8 * PATH_BINS))
         self.path_labels: array = st.get("path_labels") or array("d", bytes(8 * PATH_BINS))
@@ -486,8 +488,8 @@ class TxwDetector:
         if n >= 2_000 and n % 256 == 0:  # reading the histogram costs a cumsum: not per event
             self.budget_thr = self.budget.get()
         pf, anomaly, _b = self._path
-        if pf is f:
-            pb = self.path_budget
+        pb = self.path_budget
+        if pf is f and pb is not None:
             pb.update(max(anomaly, 0.01))
             if pb.n_updates >= 2_000 and pb.n_updates % 256 == 0:
                 self.path_thr = pb.get()
