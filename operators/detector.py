@@ -22,10 +22,16 @@ Components (each is reported per transaction, and measured by ``txwatch evaluate
                    one surprisal
 ``supervised``     river logistic regression over the features, terminal risk and the
                    components, learnt only from delayed labels
+``anomaly_path``   for a transaction the label-free decision flags (``anomaly`` above the
+                   threshold and a budget of its own) once ``supervised`` scores: the share
+                   of fraud among the labels of what it flagged in the same cell (margin
+                   over that threshold x supervised probability), Laplace-smoothed
 =================  =========================================================================
 
 The final score is the label-free ``anomaly`` score until the supervised model has seen
-enough labelled fraud, then ``max(anomaly, supervised on the same z-like scale)``.
+enough labelled fraud, then the supervised probability on the same z-like scale, or the
+``anomaly_path`` share on that scale when it is higher (``TXWATCH_ANOMALY_PATH``, on by
+default; model 1.7).
 
 Scale: scores are z-like (a legitimate transaction rarely exceeds 3); see README, Detection.
 """
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -44,7 +51,7 @@ from operators.scoring import Detector, ZScoreDetector
 from operators.user import HOME_RADIUS_KM, UserState
 from txwatch.settings import Settings
 
-VERSION = "txw-1.6"
+VERSION = "txw-1.7"
 _ND = NormalDist()
 Z_MAX = 12.0
 AIRPORT_HOURS = 2.0
@@ -191,10 +198,14 @@ class DetectorParams:
     user_quantile_min_n: int = 50
     budget_per_1000: float = 6.5
     threshold: float = 3.5
-    anomaly_path: bool = False
+    anomaly_path: bool = True
 
 
 PATH_BINS = 6  # bins of 0.5 of the anomaly path's margin over its threshold (the last: 2.5+)
+SUP_EDGES = (0.05, 0.15, 0.3, 0.5, 0.7)
+"""Bins of the supervised probability that, with the margin's, make the anomaly path's cells."""
+SUP_BINS = len(SUP_EDGES) + 1
+PATH_CELLS = PATH_BINS * SUP_BINS
 
 _STRUCTURES: dict[tuple[Any, ...], Any] = {}
 
@@ -221,7 +232,8 @@ class TxwDetector:
         from river import linear_model, optim
 
         self.p = params
-        self.version = f"{VERSION}-{params.user_model}" + ("-path" if params.anomaly_path else "")
+        self.version = f"{VERSION}-{params.user_model}" + ("" if params.anomaly_path
+                                                           else "-nopath")
         if params.user_model == "iforest":
             self.user_model: Any = _shared("iforest", params.iforest_trees,
                                            params.iforest_window, params.seed)
@@ -256,8 +268,11 @@ class TxwDetector:
         self.path_budget: HistogramQuantile | None = st.get("path_budget") or (
             self._new_budget() if params.anomaly_path else None)
         self.path_thr: float | None = st.get("path_thr")
-        self.path_frauds: array = st.get("path_frauds") or array("d", bytes(8 * PATH_BINS))
-        self.path_labels: array = st.get("path_labels") or array("d", bytes(8 * PATH_BINS))
+        pf, pl = st.get("path_frauds"), st.get("path_labels")
+        if pf is None or pl is None or len(pf) != PATH_CELLS or len(pl) != PATH_CELLS:
+            pf, pl = array("d", bytes(8 * PATH_CELLS)), array("d", bytes(8 * PATH_CELLS))
+        self.path_frauds: array = pf
+        self.path_labels: array = pl
         self._path: tuple[Any, float, int] = (None, 0.0, -1)
         self._last_f: Any = None
         self._last_x: Any = None
@@ -450,12 +465,17 @@ class TxwDetector:
             final = 2.5 + 1.5 * lg
             if path_bin >= 0:
                 # the label-free decision flagged it: scored by the share of fraud among the
-                # labels of what it flagged at this margin (Laplace's rule), on the same scale
-                pp = (self.path_frauds[path_bin] + 1.0) / (self.path_labels[path_bin] + 2.0)
+                # labels of what it flagged at this margin and this supervised probability
+                # (Laplace's rule), on the same scale, when that is higher
+                cell = path_bin * SUP_BINS + bisect_right(SUP_EDGES, p)
+                self._path = (f, c["anomaly"], cell)
+                pp = (self.path_frauds[cell] + 1.0) / (self.path_labels[cell] + 2.0)
                 c["anomaly_path"] = pp
                 zp = 2.5 + 1.5 * math.log(pp / (1.0 - pp))
                 if zp > final:
                     final = zp
+        elif path_bin >= 0:
+            self._path = (f, c["anomaly"], -1)  # (no supervised probability: not kept)
         c["threshold"] = self.threshold(user)
         return final, c
 

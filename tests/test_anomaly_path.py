@@ -1,12 +1,20 @@
 """The anomaly path (``TXWATCH_ANOMALY_PATH``): once the supervised model scores, what the
-label-free decision flags is scored by the share of fraud its labels measured, if higher."""
+label-free decision flags is scored by the share of fraud its labels measured in its cell
+(margin over the path's threshold x supervised probability), if higher."""
 
+import bisect
 import math
 import pickle
 import random
 from dataclasses import replace
 
-from operators.detector import PATH_BINS, TxwDetector, params_from_settings
+from operators.detector import (
+    PATH_CELLS,
+    SUP_BINS,
+    SUP_EDGES,
+    TxwDetector,
+    params_from_settings,
+)
 from operators.user import UserState
 from txwatch.settings import Settings
 
@@ -15,11 +23,12 @@ KW = {"terminal": "T1", "category": "5411", "country": "BE", "lat": 50.8, "lon":
 
 class _Run:
     """One user, ordinary amounts around 40, six hours apart; every call scores, keeps,
-    learns, as the user stage does."""
+    learns, as the user stage does. The supervised model does not learn (rate 0): it scores
+    every transaction alike (its intercept alone learns), so what alerts is the path's doing."""
 
     def __init__(self, path: bool) -> None:
         self.d = TxwDetector(replace(params_from_settings(Settings()), anomaly_path=path,
-                                     sup_min_frauds=3))
+                                     sup_min_frauds=3, sup_lr=0.0))
         self.u = UserState()
         self.ts = 1.7e9
         self.rng = random.Random(3)
@@ -54,25 +63,31 @@ def _z(p: float) -> float:
     return 2.5 + 1.5 * math.log(p / (1.0 - p))
 
 
-def test_off_by_default_nothing_changes():
+def test_on_by_default():
+    assert Settings().anomaly_path
+    assert TxwDetector(params_from_settings(Settings())).version == "txw-1.7-hst"
+
+
+def test_off_the_supervised_score_alone():
     run = _Run(path=False)
     run.history(extremes_are_fraud=True)
     score, comps, kept = run.one(500.0)
     assert len(kept) == 2
     assert "anomaly_path" not in comps
     assert math.isclose(score, _z(comps["supervised"]), rel_tol=1e-9)
-    assert not run.d.version.endswith("-path")
+    assert run.d.version.endswith("-nopath")
 
 
 def test_what_it_flagged_and_labels_called_fraud_alerts_again():
     run = _Run(path=True)
     on_path, frauds, extremes = run.history(extremes_are_fraud=True)
-    assert run.d.version.endswith("-path")
+    assert not run.d.version.endswith("path")
     assert extremes == 6  # every extreme amount was on the path
     assert (sum(run.d.path_labels), sum(run.d.path_frauds)) == (on_path, frauds)
     score, comps, kept = run.one(500.0)
-    assert len(kept) == 3 and 0 <= kept[2] < PATH_BINS  # its label will count in its bin
+    assert len(kept) == 3 and 0 <= kept[2] < PATH_CELLS  # its label will count in its cell
     b = kept[2]
+    assert b % SUP_BINS == bisect.bisect_right(SUP_EDGES, comps["supervised"])
     pp = (run.d.path_frauds[b] + 1.0) / (run.d.path_labels[b] + 2.0)
     assert comps["anomaly_path"] == pp > 0.8
     assert score == max(_z(pp), _z(comps["supervised"]))
@@ -117,3 +132,29 @@ def test_snapshots_without_the_path_still_load():
         del snap[k]  # as written before the path existed
     d = TxwDetector(replace(run.d.p, anomaly_path=True), snap)
     assert sum(d.path_labels) == 0 and d.path_thr is None
+
+
+def test_the_cell_follows_the_supervised_probability():
+    """Flagged at the same margin, a transaction the supervised model scores low and one it
+    scores high draw on different labels: what the labels said of the first says nothing of
+    the second."""
+    run = _Run(path=True)
+    run.history(extremes_are_fraud=True)
+    d = run.d
+    # (the intercept still learns, at river's own rate: the history's probability)
+    p_hist = 1.0 / (1.0 + math.exp(-d.sup.intercept))
+    assert bisect.bisect_right(SUP_EDGES, p_hist) > bisect.bisect_right(SUP_EDGES, 0.02)
+    cells = {}
+    for p in (0.02, p_hist):
+        d.sup.intercept = math.log(p / (1.0 - p))  # the model's whole output, as it learns none
+        f = run.u.features(run.ts + 6 * 3600, 500.0, **KW)
+        score, comps = d.score(run.u, f)
+        cell = d.keep(f, comps)[2]
+        assert math.isclose(comps["supervised"], p)
+        assert cell % SUP_BINS == bisect.bisect_right(SUP_EDGES, p)
+        cells[p] = (cell, score, comps["anomaly_path"])
+    (low, _, pp_low), (high, _, pp_high) = cells[0.02], cells[p_hist]
+    assert low // SUP_BINS == high // SUP_BINS and low != high  # same margin, other cell
+    # the history's frauds were all scored p_hist: they fill its cell, not the low one
+    assert d.path_labels[low] == 0 and pp_low == 0.5
+    assert d.path_frauds[high] > 0 and pp_high > 0.5

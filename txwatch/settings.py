@@ -127,12 +127,13 @@ class Settings(BaseSettings):
     for its label; labels later than this still feed terminal risk, not the model."""
     alert_budget_per_1000: float = 6.5
     """TXWATCH_ALERT_BUDGET_PER_1000: ceiling on alerts per 1,000 transactions."""
-    anomaly_path: bool = False
-    """TXWATCH_ANOMALY_PATH: once the supervised model scores (20 frauds learnt), let the
-    label-free decision still alert: a transaction whose anomaly score clears the threshold
+    anomaly_path: bool = True
+    """TXWATCH_ANOMALY_PATH: once the supervised model scores (20 frauds learnt), the
+    label-free decision still alerts: a transaction whose anomaly score clears the threshold
     and a budget of its own is scored by the share of fraud its labels measured among what it
-    flagged at that margin, if that is higher. For deployments whose labelled fraud includes
-    behaviour (card testing, takeovers, sprees); see README, Accuracy."""
+    flagged at that margin and that supervised probability, if that is higher. Labelled
+    behavioural fraud (card testing, takeovers, sprees) stays alerted once labels flow;
+    ``0`` scores by the supervised model alone (README, Accuracy)."""
 
     # --- Metrics, logs, recovery ---------------------------------------------------------------
     metrics_host: str = "127.0.0.1"
