@@ -41,6 +41,7 @@ CODES: dict[str, str] = {
     "unusual_hour": "unusual hour of day for this user",
     "cold_start": "new user: judged against the population",
     "supervised": "resembles transactions labelled as fraud",
+    "confirmed_anomaly": "flagged by the behaviour models, whose flags labels found mostly fraud",
     "anomaly_model": "unusual combination of features for this user",
 }
 """The reason-code vocabulary (code → meaning). Metrics label alerts by these codes only."""
@@ -197,6 +198,12 @@ def _models(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
     if p is not None and p >= 0.5:
         out.append((2.0 + 3 * p, Reason(
             "supervised", f"resembles transactions labelled as fraud (p = {p:.2f})", p
+        )))
+    pp = c.get("anomaly_path")  # (the anomaly path's share of fraud, detector 1.7)
+    if pp is not None and pp >= 0.5 and pp > (p or 0.0):
+        out.append((2.0 + 3 * pp, Reason(
+            "confirmed_anomaly",
+            f"flagged by the behaviour models: {pp:.0%} of such flags were fraud (labels)", pp
         )))
     return out
 

@@ -15,6 +15,7 @@ from operators.detector import (
     TxwDetector,
     params_from_settings,
 )
+from operators.reasons import explain
 from operators.user import UserState
 from txwatch.settings import Settings
 
@@ -36,7 +37,7 @@ class _Run:
     def one(self, amount: float | None = None):
         self.ts += 6 * 3600
         a = round(self.rng.gauss(40, 5), 2) if amount is None else amount
-        f = self.u.features(self.ts, a, **KW)
+        f = self.last_f = self.u.features(self.ts, a, **KW)
         score, comps = self.d.score(self.u, f)
         kept = self.d.keep(f, comps)
         self.d.learn(self.u, f, score)
@@ -92,6 +93,8 @@ def test_what_it_flagged_and_labels_called_fraud_alerts_again():
     assert comps["anomaly_path"] == pp > 0.8
     assert score == max(_z(pp), _z(comps["supervised"]))
     assert score >= comps["threshold"]  # alerted, by the path
+    [reason] = [r for r in explain(run.last_f, comps) if r.code == "confirmed_anomaly"]
+    assert reason.value == pp and f"{pp:.0%} of such flags were fraud" in reason.text
 
 
 def test_what_labels_called_legitimate_does_not_alert():
@@ -101,6 +104,7 @@ def test_what_labels_called_legitimate_does_not_alert():
     assert comps["anomaly_path"] < 0.2
     assert score == max(_z(comps["anomaly_path"]), _z(comps["supervised"]))
     assert score < comps["threshold"]  # not alerted
+    assert "confirmed_anomaly" not in {r.code for r in explain(run.last_f, comps)}
 
 
 def test_ordinary_transactions_are_not_on_the_path():
