@@ -6,6 +6,7 @@ import bisect
 import math
 import pickle
 import random
+from array import array
 from dataclasses import replace
 
 from operators.detector import (
@@ -162,3 +163,16 @@ def test_the_cell_follows_the_supervised_probability():
     # the history's frauds were all scored p_hist: they fill its cell, not the low one
     assert d.path_labels[low] == 0 and pp_low == 0.5
     assert d.path_frauds[high] > 0 and pp_high > 0.5
+
+
+def test_snapshots_of_the_margin_only_path_are_reset():
+    """Model 1.6's path (a setting, off by default) kept six counts per margin bin; they
+    do not mean what a cell's do, so they start again rather than being misread."""
+    run = _Run(path=True)
+    run.history(extremes_are_fraud=True)
+    snap = run.d.snapshot()
+    snap["path_frauds"] = array("d", [3.0] * 6)
+    snap["path_labels"] = array("d", [4.0] * 6)
+    d = TxwDetector(run.d.p, snap)
+    assert len(d.path_frauds) == len(d.path_labels) == PATH_CELLS
+    assert sum(d.path_frauds) == sum(d.path_labels) == 0
