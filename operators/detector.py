@@ -201,7 +201,7 @@ class DetectorParams:
     anomaly_path: bool = True
 
 
-PATH_BINS = 6  # bins of 0.5 of the anomaly path's margin over its threshold (the last: 2.5+)
+PATH_BINS = 2  # bins of the anomaly path's margin over its threshold: below 1, and 1 or more
 SUP_EDGES = (0.05, 0.15, 0.3, 0.5, 0.7)
 """Bins of the supervised probability that, with the margin's, make the anomaly path's cells."""
 SUP_BINS = len(SUP_EDGES) + 1
@@ -453,7 +453,7 @@ class TxwDetector:
             thr = self.p.threshold if self.path_thr is None else max(self.p.threshold,
                                                                      self.path_thr)
             if anomaly >= thr:
-                path_bin = min(PATH_BINS - 1, int((anomaly - thr) * 2.0))
+                path_bin = min(PATH_BINS - 1, int(anomaly - thr))
             self._path = (f, anomaly, path_bin)
         if self.frauds_learnt >= self.p.sup_min_frauds:
             values, bins = self._last_x = self.sup_inputs(f, c)
