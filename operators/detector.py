@@ -446,15 +446,13 @@ class TxwDetector:
 
     def score(self, user: UserState, f: dict[str, float]) -> tuple[float, dict[str, float]]:
         c = self.components(user, f)
-        final = c["anomaly"]
-        path_bin = -1
+        anomaly = final = c["anomaly"]
+        path_bin = cell = -1  # the anomaly path's margin bin, and its cell once supervised
         if self.p.anomaly_path:
-            anomaly = c["anomaly"]
             thr = self.p.threshold if self.path_thr is None else max(self.p.threshold,
                                                                      self.path_thr)
             if anomaly >= thr:
                 path_bin = min(PATH_BINS - 1, int(anomaly - thr))
-            self._path = (f, anomaly, path_bin)
         if self.frauds_learnt >= self.p.sup_min_frauds:
             values, bins = self._last_x = self.sup_inputs(f, c)
             self._last_f = f
@@ -468,14 +466,14 @@ class TxwDetector:
                 # labels of what it flagged at this margin and this supervised probability
                 # (Laplace's rule), on the same scale, when that is higher
                 cell = path_bin * SUP_BINS + bisect_right(SUP_EDGES, p)
-                self._path = (f, c["anomaly"], cell)
                 pp = (self.path_frauds[cell] + 1.0) / (self.path_labels[cell] + 2.0)
                 c["anomaly_path"] = pp
                 zp = 2.5 + 1.5 * math.log(pp / (1.0 - pp))
                 if zp > final:
                     final = zp
-        elif path_bin >= 0:
-            self._path = (f, c["anomaly"], -1)  # (no supervised probability: not kept)
+        if self.p.anomaly_path:
+            # (learn feeds the path's budget; keep keeps the cell, whose label counts there)
+            self._path = (f, anomaly, cell)
         c["threshold"] = self.threshold(user)
         return final, c
 
@@ -548,9 +546,9 @@ class TxwDetector:
         else:
             values, bins = self.sup_inputs(f, c)
         self._last_f = self._last_x = None
-        pf, _a, path_bin = self._path
-        if pf is f and path_bin >= 0:  # the anomaly path flagged it: its label counts there
-            return (bins, array("f", values), path_bin)
+        pf, _a, cell = self._path
+        if pf is f and cell >= 0:  # the anomaly path flagged it: its label counts in its cell
+            return (bins, array("f", values), cell)
         return (bins, array("f", values))
 
     def learn_label(self, kept: tuple[Any, ...], is_fraud: bool) -> None:
