@@ -553,7 +553,9 @@ class TxwDetector:
 
     def learn_label(self, kept: tuple[Any, ...], is_fraud: bool) -> None:
         names, values = kept[0], kept[1]
-        if len(kept) == 3:
+        # (a cell kept before a restore into another layout of cells may be out of range:
+        # that label still teaches the supervised model, not the path)
+        if len(kept) == 3 and 0 <= kept[2] < PATH_CELLS:
             b = kept[2]
             self.path_labels[b] += 1.0
             if is_fraud:

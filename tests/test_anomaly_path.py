@@ -176,3 +176,9 @@ def test_snapshots_of_the_margin_only_path_are_reset():
     d = TxwDetector(run.d.p, snap)
     assert len(d.path_frauds) == len(d.path_labels) == PATH_CELLS
     assert sum(d.path_frauds) == sum(d.path_labels) == 0
+    # a transaction kept by another layout of cells, labelled after the restore: its label
+    # teaches the supervised model and no cell
+    kept = run.one(41.0)[2]
+    learnt = d.labels_learnt
+    d.learn_label((kept[0], kept[1], PATH_CELLS + 5), True)
+    assert d.labels_learnt == learnt + 1 and sum(d.path_labels) == 0
