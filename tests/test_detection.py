@@ -105,7 +105,9 @@ def test_no_label_leakage(sim_file, tmp_path):
 
 def test_replayed_labels_reach_the_supervised_model(sim_file, tmp_path):
     """With a label delay the file's labels teach the supervised model (its component joins
-    the scores once enough frauds were learnt); without, it never does."""
+    the scores once enough frauds were learnt) and the anomaly path's cells (what the
+    label-free decision flagged keeps its cell until its label comes through the flow);
+    without, neither ever scores."""
     runs = {}
     for name, delay in (("labels", 3 * 86400), ("none", None)):
         out = tmp_path / f"{name}.jsonl"
@@ -113,6 +115,9 @@ def test_replayed_labels_reach_the_supervised_model(sim_file, tmp_path):
         runs[name] = [json.loads(x)["components"] for x in out.open()]
     assert sum("supervised" in c for c in runs["labels"]) > len(runs["labels"]) // 4
     assert not any("supervised" in c for c in runs["none"])
+    path = [c["anomaly_path"] for c in runs["labels"] if "anomaly_path" in c]
+    assert path and any(p != 0.5 for p in path)  # 0.5: a cell no label has reached yet
+    assert not any("anomaly_path" in c for c in runs["none"])
 
 
 def test_score_before_learn_and_reasons_for_an_amount_spike():
