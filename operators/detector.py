@@ -262,7 +262,7 @@ class TxwDetector:
             self.budget = state["budget"]
         self.budget_thr: float | None = None if state is None else state["budget_thr"]
         # the anomaly path (params.anomaly_path): the label-free decision's own budget, and
-        # per bin of its margin the labels (frauds, all) of the transactions it flagged
+        # per cell (margin x supervised probability) the labels (frauds, all) of what it flagged
         st = state or {}
         # (the histogram only when the path is on: snapshots without it stay as they were)
         self.path_budget: HistogramQuantile | None = st.get("path_budget") or (
