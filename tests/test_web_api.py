@@ -945,3 +945,36 @@ def test_publisher_reports_each_message(broker: EmbeddedBroker, topics: dict[str
         assert out == [None, None]
     finally:
         pub.close()
+
+
+def test_publishing_own_rows_waits_for_the_background_drain_that_holds_them(
+    pool: Any, uri: str
+) -> None:
+    """A label's request publishes its own outbox rows; when the background publisher holds
+    them (mid-publish), the request waits for its outcome instead of answering "pending" for
+    rows that are being sent (and never sends them twice)."""
+    import threading
+
+    from txwatch.web import outbox
+    from txwatch.web.labels import Message
+
+    with pool.connection() as conn, conn.transaction():
+        [row_id] = outbox.enqueue(conn, [Message("labels-x", "k", b"{}")], "race")
+    pub = KafkaPublisher({"bootstrap.servers": DEAD_BROKER}, timeout=1.0)
+    done: dict[str, Any] = {}
+    with psycopg.connect(uri) as holder:  # the background drain, mid-publish
+        holder.execute("SELECT id FROM outbox WHERE id = %s FOR UPDATE", [row_id])
+        t = threading.Thread(target=lambda: done.update(r=outbox.drain(pool, pub, [row_id])))
+        t.start()
+        wait_for(
+            lambda: fetch(uri, "SELECT count(*) FROM pg_stat_activity"
+                          " WHERE wait_event_type = 'Lock'") == [(1,)],
+            timeout=10, what="the request to wait for the row's lock",
+        )
+        holder.execute("UPDATE outbox SET sent_at = now() WHERE id = %s", [row_id])
+        holder.commit()
+        t.join(timeout=10)
+    pub.close(0)
+    assert not t.is_alive()
+    assert (done["r"].sent, done["r"].failed) == (0, 0)  # sent by the holder, not again
+    assert outbox.pending_among(pool, [row_id]) == 0

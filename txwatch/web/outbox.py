@@ -68,9 +68,12 @@ def drain(
                 [limit],
             ).fetchall()
         else:
+            # the caller's own rows: wait for a background drain that holds them (it commits
+            # within the publisher's timeout), then see whether it sent them; skipping them
+            # would answer "pending" for rows that are being published
             rows = conn.execute(
                 "SELECT id, topic, key, payload FROM outbox"
-                " WHERE id = ANY(%s) AND sent_at IS NULL ORDER BY id FOR UPDATE SKIP LOCKED",
+                " WHERE id = ANY(%s) AND sent_at IS NULL ORDER BY id FOR UPDATE",
                 [list(ids)],
             ).fetchall()
         if not rows:
