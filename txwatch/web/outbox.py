@@ -5,8 +5,9 @@ A review or snooze and the message announcing it are written in one PostgreSQL t
 ``ids``) so the answer can say ``published``; rows that fail stay pending and
 :class:`Drainer`, a background thread of ``txwatch serve``, retries them until delivered.
 
-Rows are claimed with ``FOR UPDATE SKIP LOCKED``, so the request, the drainer and several
-``txwatch serve`` processes never publish the same row at the same time. Delivery is
+Rows are claimed with ``FOR UPDATE``, so the request, the drainer and several ``txwatch
+serve`` processes never publish the same row at the same time: drainers skip rows another
+holds (``SKIP LOCKED``); a request waits for its own, to answer with their outcome. Delivery is
 at-least-once: a row is marked sent only after its delivery report.
 """
 
