@@ -38,7 +38,7 @@ from operators.ordering import NEVER_EXPIRES, EventTimeBuffer, Watermark
 from operators.reasons import explain
 from operators.records import Control, Decision, Label, Reason, Txn
 from operators.scoring import Detector
-from operators.terminal import TerminalState
+from operators.terminal import HORIZON_DAYS, TerminalState
 from operators.user import UserState
 from txwatch.metrics import child, get_metrics
 
@@ -63,6 +63,10 @@ learnt (most are; the flagged ones were not)."""
 
 KIND_LABEL = 0  # labels sort before transactions of the same instant
 KIND_TXN = 1
+LABEL_MEMORY = (HORIZON_DAYS + 1) * 86_400.0
+"""Seconds of label time for which the terminal stage remembers that a transaction has a label
+(and which), so that a later label for it replaces the earlier one; a transaction labelled
+longer ago has left every terminal window (``operators.terminal.HORIZON_DAYS``)."""
 
 
 def _is_label(key: tuple[float, int, str]) -> bool:
@@ -423,6 +427,8 @@ class TerminalStage(_OrderedStage):
             self.seen: dict[str, float] = {}
             self.seen_order: deque[tuple[float, str]] = deque()
             self.labels: dict[str, bool] = {}
+            self.old_labels: dict[str, bool] = {}
+            self.labels_since = float("-inf")
             self.sent_wm = float("-inf")
         else:
             snap = load_snapshot(resume, "terminal")
@@ -431,10 +437,14 @@ class TerminalStage(_OrderedStage):
             self.seen = snap["seen"]
             self.seen_order = deque(snap["seen_order"])
             self.labels = snap["labels"]
+            # (earlier snapshots kept one generation: restored as the current one)
+            self.old_labels = snap.get("old_labels", {})
+            self.labels_since = snap.get("labels_since", float("-inf"))
             self.sent_wm = snap["sent_wm"]
         super().__init__(cfg, buf)
         self._n_wm = 0
         self._seen_cap = max(1, cfg.dedupe_max_ids // max(1, cfg.terminal_shards))
+        self._labels_cap = max(1, 2 * cfg.max_pending_labels // max(1, cfg.terminal_shards))
 
     def _watermark_of(self, value: Any) -> Any:
         tp = type(value)
@@ -501,14 +511,26 @@ class TerminalStage(_OrderedStage):
         if term is None:
             term = self.terminals[tid] = TerminalState()
         tts = item.txn_ts
-        prev = self.labels.get(item.transaction_id)
+        tid_ = item.transaction_id
+        prev = self.labels.get(tid_)
+        if prev is None:
+            prev = self.old_labels.get(tid_)
         if prev is not None:  # a later label replaces an earlier one
             term.remove_label(tts, prev)
         term.apply_label(tts, item.is_fraud, item.label_ts)
-        self.labels[item.transaction_id] = item.is_fraud
-        cap = 4 * self.cfg.max_pending_labels // max(1, self.cfg.terminal_shards)
-        if len(self.labels) > cap:
-            self.labels.clear()  # bounded: only replacement of very old labels is lost
+        labels = self.labels
+        labels[tid_] = item.is_fraud
+        # Which transactions have a label, so that a later label replaces it: two generations
+        # of LABEL_MEMORY each, the older dropped as a new one starts, so a label is
+        # remembered for at least that long (beyond it, its transaction has left every
+        # terminal window) and memory stays bounded by time; a generation that reaches the
+        # count cap starts the next one early. Hand-rolled: an OrderedDict evicting the
+        # oldest one at a time costs twice the memory per id.
+        if (item.label_ts - self.labels_since >= LABEL_MEMORY
+                or len(labels) > self._labels_cap):
+            self.old_labels = labels
+            self.labels = {}
+            self.labels_since = item.label_ts
 
     def _on_watermark(self, wm: Watermark, out: list[Any]) -> None:
         w = self.buf.watermark
@@ -531,6 +553,8 @@ class TerminalStage(_OrderedStage):
                 "seen": self.seen,
                 "seen_order": list(self.seen_order),
                 "labels": self.labels,
+                "old_labels": self.old_labels,
+                "labels_since": self.labels_since,
                 "sent_wm": self.sent_wm,
             }
         )
