@@ -24,8 +24,9 @@ Components (each is reported per transaction, and measured by ``txwatch evaluate
                    components, learnt only from delayed labels
 ``anomaly_path``   for a transaction the label-free decision flags (``anomaly`` above the
                    threshold and a budget of its own) once ``supervised`` scores: the share
-                   of fraud among the labels of what it flagged in the same cell (margin
-                   over that threshold x supervised probability), Laplace-smoothed
+                   of fraud among the labels of what it flagged in the same cell (in a run
+                   of transactions or not x margin over that threshold x supervised
+                   probability), its prior the share over both paces (model 1.8)
 =================  =========================================================================
 
 The final score is the label-free ``anomaly`` score until the supervised model has seen
@@ -51,7 +52,7 @@ from operators.scoring import Detector, ZScoreDetector
 from operators.user import HOME_RADIUS_KM, UserState
 from txwatch.settings import Settings
 
-VERSION = "txw-1.7"
+VERSION = "txw-1.8"
 _ND = NormalDist()
 Z_MAX = 12.0
 AIRPORT_HOURS = 2.0
@@ -202,10 +203,15 @@ class DetectorParams:
 
 
 PATH_BINS = 2  # bins of the anomaly path's margin over its threshold: below 1, and 1 or more
+PACE_Z = 2.0
+"""A flag whose ``velocity`` is at least this is part of a run of transactions (the anomaly
+path's cells keep such flags apart: most are sprees and card tests, most of the rest are not)."""
+PACE_BINS = 2
 SUP_EDGES = (0.05, 0.15, 0.3, 0.5, 0.7)
-"""Bins of the supervised probability that, with the margin's, make the anomaly path's cells."""
+"""Bins of the supervised probability that, with the pace's and the margin's, make the anomaly
+path's cells."""
 SUP_BINS = len(SUP_EDGES) + 1
-PATH_CELLS = PATH_BINS * SUP_BINS
+PATH_CELLS = PACE_BINS * PATH_BINS * SUP_BINS
 
 _STRUCTURES: dict[tuple[Any, ...], Any] = {}
 
@@ -262,13 +268,18 @@ class TxwDetector:
             self.budget = state["budget"]
         self.budget_thr: float | None = None if state is None else state["budget_thr"]
         # the anomaly path (params.anomaly_path): the label-free decision's own budget, and
-        # per cell (margin x supervised probability) the labels (frauds, all) of what it flagged
+        # per cell (pace x margin x supervised probability) the labels (frauds, all) of what
+        # it flagged
         st = state or {}
         # (the histogram only when the path is on: snapshots without it stay as they were)
         self.path_budget: HistogramQuantile | None = st.get("path_budget") or (
             self._new_budget() if params.anomaly_path else None)
         self.path_thr: float | None = st.get("path_thr")
         pf, pl = st.get("path_frauds"), st.get("path_labels")
+        if (pf is not None and pl is not None and len(pf) == len(pl) == PATH_BINS * SUP_BINS):
+            # model 1.7's cells are those of pace 0 here: kept, the others start empty
+            pf = pf + array("d", bytes(8 * (PATH_CELLS - len(pf))))
+            pl = pl + array("d", bytes(8 * (PATH_CELLS - len(pl))))
         if pf is None or pl is None or len(pf) != PATH_CELLS or len(pl) != PATH_CELLS:
             pf, pl = array("d", bytes(8 * PATH_CELLS)), array("d", bytes(8 * PATH_CELLS))
         self.path_frauds: array = pf
@@ -453,6 +464,8 @@ class TxwDetector:
                                                                      self.path_thr)
             if anomaly >= thr:
                 path_bin = min(PATH_BINS - 1, int(anomaly - thr))
+                if c["velocity"] >= PACE_Z:  # (cells of pace 0 are those of model 1.7)
+                    path_bin += PATH_BINS
         if self.frauds_learnt >= self.p.sup_min_frauds:
             values, bins = self._last_x = self.sup_inputs(f, c)
             self._last_f = f
@@ -466,7 +479,7 @@ class TxwDetector:
                 # labels of what it flagged at this margin and this supervised probability
                 # (Laplace's rule), on the same scale, when that is higher
                 cell = path_bin * SUP_BINS + bisect_right(SUP_EDGES, p)
-                pp = (self.path_frauds[cell] + 1.0) / (self.path_labels[cell] + 2.0)
+                pp = self._path_share(cell)
                 c["anomaly_path"] = pp
                 zp = 2.5 + 1.5 * math.log(pp / (1.0 - pp))
                 if zp > final:
@@ -476,6 +489,15 @@ class TxwDetector:
             self._path = (f, anomaly, cell)
         c["threshold"] = self.threshold(user)
         return final, c
+
+    def _path_share(self, cell: int) -> float:
+        """The share of fraud among the labels of ``cell``, its prior (weight 2) the share in
+        the cell of the same margin and supervised probability over both paces (Laplace's
+        rule): a cell of one pace with few labels yet says what the pooled one says."""
+        pf, pl = self.path_frauds, self.path_labels
+        other = (cell + PATH_BINS * SUP_BINS) % PATH_CELLS  # the same cell, the other pace
+        prior = (pf[cell] + pf[other] + 1.0) / (pl[cell] + pl[other] + 2.0)
+        return (pf[cell] + 2.0 * prior) / (pl[cell] + 2.0)
 
     def threshold(self, user: UserState) -> float:
         """The alert threshold in force for ``user``: the highest of the settings' threshold,

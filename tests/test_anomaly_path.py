@@ -1,6 +1,6 @@
 """The anomaly path (``TXWATCH_ANOMALY_PATH``): once the supervised model scores, what the
 label-free decision flags is scored by the share of fraud its labels measured in its cell
-(margin over the path's threshold x supervised probability), if higher."""
+(pace x margin over the path's threshold x supervised probability), if higher."""
 
 import bisect
 import math
@@ -10,6 +10,8 @@ from array import array
 from dataclasses import replace
 
 from operators.detector import (
+    PACE_Z,
+    PATH_BINS,
     PATH_CELLS,
     SUP_BINS,
     SUP_EDGES,
@@ -35,8 +37,8 @@ class _Run:
         self.ts = 1.7e9
         self.rng = random.Random(3)
 
-    def one(self, amount: float | None = None):
-        self.ts += 6 * 3600
+    def one(self, amount: float | None = None, gap: float = 6 * 3600):
+        self.ts += gap
         a = round(self.rng.gauss(40, 5), 2) if amount is None else amount
         f = self.last_f = self.u.features(self.ts, a, **KW)
         score, comps = self.d.score(self.u, f)
@@ -61,13 +63,23 @@ class _Run:
         return on_path, frauds, extremes
 
 
+def _share(d: TxwDetector, cell: int) -> float:
+    """The cell's share of fraud, Laplace's rule for the prior of the pooled cell (the same
+    margin and supervised probability over both paces), weight 2."""
+    n = PATH_BINS * SUP_BINS
+    both = [cell % n, cell % n + n]
+    prior = (sum(d.path_frauds[c] for c in both) + 1.0) / (
+        sum(d.path_labels[c] for c in both) + 2.0)
+    return (d.path_frauds[cell] + 2.0 * prior) / (d.path_labels[cell] + 2.0)
+
+
 def _z(p: float) -> float:
     return 2.5 + 1.5 * math.log(p / (1.0 - p))
 
 
 def test_on_by_default():
     assert Settings().anomaly_path
-    assert TxwDetector(params_from_settings(Settings())).version == "txw-1.7-hst"
+    assert TxwDetector(params_from_settings(Settings())).version == "txw-1.8-hst"
 
 
 def test_off_the_supervised_score_alone():
@@ -90,7 +102,7 @@ def test_what_it_flagged_and_labels_called_fraud_alerts_again():
     assert len(kept) == 3 and 0 <= kept[2] < PATH_CELLS  # its label will count in its cell
     b = kept[2]
     assert b % SUP_BINS == bisect.bisect_right(SUP_EDGES, comps["supervised"])
-    pp = (run.d.path_frauds[b] + 1.0) / (run.d.path_labels[b] + 2.0)
+    pp = _share(run.d, b)
     assert comps["anomaly_path"] == pp > 0.8
     assert score == max(_z(pp), _z(comps["supervised"]))
     assert score >= comps["threshold"]  # alerted, by the path
@@ -161,7 +173,7 @@ def test_the_cell_follows_the_supervised_probability():
     (low, _, pp_low), (high, _, pp_high) = cells[0.02], cells[p_hist]
     assert low // SUP_BINS == high // SUP_BINS and low != high  # same margin, other cell
     # the history's frauds were all scored p_hist: they fill its cell, not the low one
-    assert d.path_labels[low] == 0 and pp_low == 0.5
+    assert d.path_labels[low] == 0 and pp_low == _share(d, low)
     assert d.path_frauds[high] > 0 and pp_high > 0.5
 
 
@@ -182,3 +194,51 @@ def test_snapshots_of_the_margin_only_path_are_reset():
     learnt = d.labels_learnt
     d.learn_label((kept[0], kept[1], PATH_CELLS + 5), True)
     assert d.labels_learnt == learnt + 1 and sum(d.path_labels) == 0
+
+
+def test_a_flag_within_a_run_draws_on_the_labels_of_runs():
+    """Flags in a run of transactions (``velocity`` at least PACE_Z: sprees, card tests) and
+    flags out of one (an extreme amount) have cells of their own: the labels of one kind say
+    nothing of the other (model 1.8)."""
+    run = _Run(path=True)
+    run.history(extremes_are_fraud=True)  # the path's labels: extreme amounts were fraud
+    d = run.d
+    per_pace = PATH_BINS * SUP_BINS
+    _, comps, kept = run.one(500.0)
+    assert comps["velocity"] < PACE_Z and kept[2] // per_pace == 0
+    extreme_pp = comps["anomaly_path"]
+    assert extreme_pp == _share(d, kept[2]) > 0.8
+    # ordinary amounts, a minute apart: a run; once flagged, its cells have no labels yet
+    burst = []
+    for _ in range(8):
+        _, comps, kept = run.one(40.0, gap=60.0)
+        if len(kept) == 3:
+            burst.append((comps, kept))
+    assert burst, "the run was flagged"
+    for comps, kept in burst:
+        # (with no label of its own yet, a cell says what the pooled cell says)
+        assert comps["velocity"] >= PACE_Z and kept[2] // per_pace == 1
+        assert d.path_labels[kept[2]] == 0 and comps["anomaly_path"] == _share(d, kept[2])
+    # its labels (legitimate: a customer's busy hour) teach the run's cells
+    for _, kept in burst:
+        d.learn_label(kept, False)
+    _, comps, kept = run.one(40.0, gap=60.0)
+    assert kept[2] // per_pace == 1 and d.path_labels[kept[2]] > 0
+    assert comps["anomaly_path"] == _share(d, kept[2]) < 0.5
+    # and out of a run, the extreme amounts' own labels still say fraud
+    _, comps, kept = run.one(500.0)
+    assert comps["velocity"] < PACE_Z and kept[2] // per_pace == 0
+    assert comps["anomaly_path"] == _share(d, kept[2]) > 0.8
+
+
+def test_snapshots_of_model_1_7_keep_their_cells_as_those_out_of_a_run():
+    run = _Run(path=True)
+    run.history(extremes_are_fraud=True)
+    snap = run.d.snapshot()
+    n = PATH_BINS * SUP_BINS  # 1.7's cells: margin x supervised probability
+    snap["path_frauds"] = array("d", range(n))
+    snap["path_labels"] = array("d", [2.0 * i for i in range(n)])
+    d = TxwDetector(run.d.p, snap)
+    assert len(d.path_frauds) == len(d.path_labels) == PATH_CELLS
+    assert list(d.path_frauds[:n]) == list(range(n)) and sum(d.path_frauds[n:]) == 0
+    assert list(d.path_labels[:n]) == [2.0 * i for i in range(n)]
