@@ -476,8 +476,8 @@ class TxwDetector:
             final = 2.5 + 1.5 * lg
             if path_bin >= 0:
                 # the label-free decision flagged it: scored by the share of fraud among the
-                # labels of what it flagged at this margin and this supervised probability
-                # (Laplace's rule), on the same scale, when that is higher
+                # labels of what it flagged at this pace, margin and supervised probability
+                # (_path_share), on the same scale, when that is higher
                 cell = path_bin * SUP_BINS + bisect_right(SUP_EDGES, p)
                 pp = self._path_share(cell)
                 c["anomaly_path"] = pp

@@ -511,21 +511,21 @@ class TerminalStage(_OrderedStage):
         if term is None:
             term = self.terminals[tid] = TerminalState()
         tts = item.txn_ts
-        tid_ = item.transaction_id
-        prev = self.labels.get(tid_)
+        txid = item.transaction_id
+        prev = self.labels.get(txid)
         if prev is None:
-            prev = self.old_labels.get(tid_)
+            prev = self.old_labels.get(txid)
         if prev is not None:  # a later label replaces an earlier one
             term.remove_label(tts, prev)
         term.apply_label(tts, item.is_fraud, item.label_ts)
         labels = self.labels
-        labels[tid_] = item.is_fraud
+        labels[txid] = item.is_fraud
         # Which transactions have a label, so that a later label replaces it: two generations
         # of LABEL_MEMORY each, the older dropped as a new one starts, so a label is
         # remembered for at least that long (beyond it, its transaction has left every
         # terminal window) and memory stays bounded by time; a generation that reaches the
-        # count cap starts the next one early. Hand-rolled: an OrderedDict evicting the
-        # oldest one at a time costs twice the memory per id.
+        # count cap starts the next one early. (Hand-rolled: an OrderedDict evicting the
+        # oldest one at a time would add a linked node to every id.)
         if (item.label_ts - self.labels_since >= LABEL_MEMORY
                 or len(labels) > self._labels_cap):
             self.old_labels = labels
