@@ -131,7 +131,8 @@ class Settings(BaseSettings):
     """TXWATCH_ANOMALY_PATH: once the supervised model scores (20 frauds learnt), the
     label-free decision still alerts: a transaction whose anomaly score clears the threshold
     and a budget of its own is scored by the share of fraud its labels measured among what it
-    flagged at that margin and that supervised probability, if that is higher. Labelled
+    flagged at that pace (in a run of transactions or not), that margin and that supervised
+    probability, if that is higher. Labelled
     behavioural fraud (card testing, takeovers, sprees) stays alerted once labels flow;
     ``0`` scores by the supervised model alone (README, Accuracy)."""
 
