@@ -126,7 +126,8 @@ class Settings(BaseSettings):
     """TXWATCH_LABEL_HORIZON_SECONDS: how long a scored transaction's supervised inputs wait
     for its label; labels later than this still feed terminal risk, not the model."""
     alert_budget_per_1000: float = 6.5
-    """TXWATCH_ALERT_BUDGET_PER_1000: ceiling on alerts per 1,000 transactions."""
+    """TXWATCH_ALERT_BUDGET_PER_1000: ceiling on alerts per 1,000 transactions (held by each
+    logical user shard over its own users)."""
     anomaly_path: bool = True
     """TXWATCH_ANOMALY_PATH: once the supervised model scores (20 frauds learnt), the
     label-free decision still alerts: a transaction whose anomaly score clears the threshold
