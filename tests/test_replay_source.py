@@ -1,0 +1,41 @@
+"""The replay's file source: byte offsets of dead letters and of its snapshot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dataflow.sources import ReplaySource
+from operators.records import DeadLetter, Txn
+from txwatch.settings import Settings
+
+
+def _line(i: int) -> bytes:
+    return json.dumps({"transaction_id": f"t{i}", "user_id": "u1", "amount": 12.5,
+                       "timestamp": f"2018-04-01T10:00:{i:02d}Z", "terminal_id": "T1"}).encode()
+
+
+def test_offsets_and_resume_follow_the_bytes_of_the_file(tmp_path: Path) -> None:
+    # CRLF and LF endings, a blank line and an invalid one: each dead letter carries the byte
+    # offset of its line, and a snapshot taken between batches resumes at the next line
+    raw = [_line(0) + b"\r\n", b"\n", b"{not json\n", _line(1) + b"\n", _line(2) + b"\r\n",
+           b'{"transaction_id": "x"}\n', _line(3) + b"\n"]
+    path = tmp_path / "tx.jsonl"
+    path.write_bytes(b"".join(raw))
+    starts = [sum(len(r) for r in raw[:i]) for i in range(len(raw))]
+    src = ReplaySource(str(path), Settings(replay=True), batch=4)
+    part = src.build_part("input", "replay", None)
+    first = part.next_batch()
+    dead = [x for x in first if isinstance(x, DeadLetter)]
+    assert [d.offset for d in dead] == [starts[2]]
+    assert [t.transaction_id for t in first if isinstance(t, Txn)] == ["t0", "t1"]
+    snap = part.snapshot()
+    assert snap[0] == starts[4]
+    part.close()
+
+    again = src.build_part("input", "replay", snap)
+    rest = again.next_batch()
+    assert [t.transaction_id for t in rest if isinstance(t, Txn)] == ["t2", "t3"]
+    assert [d.offset for d in rest if isinstance(d, DeadLetter)] == [starts[5]]
+    assert again.snapshot()[0] == len(path.read_bytes())
+    again.close()
