@@ -130,3 +130,55 @@ def test_table_says_when_the_offered_rate_is_above_the_flows_throughput():
     under = format_table({**base, "latency_load": 0.5}, "txw-test")
     assert "cannot keep up" in over and "1.25" in over
     assert "cannot keep up" not in under and "0.50" in under
+
+
+@pytest.mark.integration
+def test_replay_bench_measures_both_modes_side_by_side(tmp_path):
+    from txwatch.bench import sim_lines
+
+    data = tmp_path / "tx.jsonl"
+    data.write_bytes(b"".join(line + b"\n" for _key, line in sim_lines(3_000, customers=200,
+                                                                       terminals=400)))
+    cmd = [sys.executable, "-m", "txwatch.cli", "bench", "--json", "--no-throughput",
+           "--latency-rate", "0", "--users", "--repeats", "2", "--replay", str(data),
+           "--replay-lines", "2000", "--workdir", str(tmp_path / "w")]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         check=False)
+    assert res.returncode == 0, res.stderr[-4000:]
+    out = json.loads(res.stdout)
+    assert out["replay_lines"] == 2000 and out["replay_repeats"] == 2
+    # the rounds alternate the order of the modes (progress on stderr)
+    rounds = [ln.split(", ")[1].split(":")[0] for ln in res.stderr.splitlines()
+              if ln.startswith("replay bench: round")]
+    assert rounds == ["labels", "nolabels", "nolabels", "labels"]
+    for mode in ("labels", "nolabels"):
+        eps = out[f"replay_{mode}_eps"]
+        assert out[f"replay_{mode}_eps_min"] <= eps <= out[f"replay_{mode}_eps_max"]
+        assert eps > 0 and out[f"replay_{mode}_eps_per_cpu_second"] > 0
+        assert out[f"replay_{mode}_max_rss_bytes"] > 50 * 2**20
+        assert out[f"replay_{mode}_same_scores"] == 1.0  # the replay is deterministic
+    assert out["ratio_replay_labels_nolabels"] == pytest.approx(
+        out["replay_labels_eps"] / out["replay_nolabels_eps"])
+    text = format_table(out, "txw-test")
+    assert "replay, 7-day labels (1 worker)" in text and "same scores in every run: yes" in text
+    assert not list((tmp_path / "w").glob("replay-scores-*"))  # scores files are removed
+
+
+def test_replay_bench_scores_digest_ignores_order_not_content(tmp_path):
+    from txwatch.bench_replay import head_lines, scores_digest
+
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    a.write_bytes(b'{"id": 1}\n{"id": 2}\n')
+    b.write_bytes(b'{"id": 2}\n{"id": 1}\n')
+    c.write_bytes(b'{"id": 2}\n{"id": 3}\n')
+    assert scores_digest(a) == scores_digest(b) != scores_digest(c)
+    assert head_lines(a, tmp_path / "h", 1) == 1
+    assert (tmp_path / "h").read_bytes() == b'{"id": 1}\n'
+    assert head_lines(a, tmp_path / "h", 10) == 2
+
+
+def test_replay_bench_refuses_a_missing_file(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "txwatch.cli", "bench", "--replay",
+                          str(tmp_path / "none.jsonl"), "--no-throughput", "--users"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 2 and "no such file" in res.stderr

@@ -87,6 +87,11 @@ class BenchOptions:
     """Profile one more full run with py-spy: ``PROFILE.0`` (raw stacks) and ``PROFILE.txt``."""
     workdir: str | None = None
     """Where to put the broker log, the database and the run files (default: a temp dir)."""
+    replay: str | None = None
+    """Also measure ``txwatch replay`` on this JSONL file, with labels and without
+    (:mod:`txwatch.bench_replay`; None: skipped)."""
+    replay_lines: int = 300_000
+    """Lines of ``replay`` the replay runs read (its first ones; 0: all)."""
 
 
 @dataclass
@@ -1014,6 +1019,15 @@ def run_bench(opts: BenchOptions, log: Log) -> dict[str, Any]:
         t1 = time.monotonic()
         measure_state(opts, log, out)
         out["state_run_seconds"] = time.monotonic() - t1
+    if opts.replay:
+        from txwatch.bench_replay import measure_replay
+
+        t1 = time.monotonic()
+        with contextlib.ExitStack() as stack:
+            wd = (Path(opts.workdir) if opts.workdir
+                  else Path(stack.enter_context(tempfile.TemporaryDirectory())))
+            measure_replay(opts.replay, opts.replay_lines, opts.repeats, wd, log, out)
+        out["replay_run_seconds"] = time.monotonic() - t1
     if "full_eps" in out and "latency_offered_eps" in out:
         # the latency run's offered rate against the full flow's throughput measured in the
         # same run: above 1 the flow cannot keep up on this machine, and the latency is the

@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 TARGETS = {
@@ -14,6 +15,7 @@ TARGETS = {
     "ratio_full_baseline": (">=", 50.0),
     "p99_ms": ("<=", 500.0),
     "state_bytes_per_user": ("<=", 4096.0),
+    "replay_labels_eps": (">=", 10_000.0),
 }
 """The project's targets on the 2-core reference machine (docs/benchmarks.md)."""
 
@@ -73,6 +75,17 @@ def format_table(res: dict[str, Any], version: str) -> str:
                          "above 1: the flow cannot keep up on this machine now, and the "
                          "latency is the queue's" if load > 1 else
                          "the share of the full flow's measured throughput offered"))
+    for mode, name in (("labels", "replay, 7-day labels"), ("nolabels", "replay, no labels")):
+        key = f"replay_{mode}_eps"
+        if key in res:
+            same = "yes" if res[f"replay_{mode}_same_scores"] else "NO"
+            row(f"{name} (1 worker)", key, " tx/s",
+                f"{res['replay_lines']:,.0f} lines, median of {res['replay_repeats']} "
+                f"(min {_fmt(res[f'{key}_min'])}, max {_fmt(res[f'{key}_max'])}; "
+                f"{_fmt(res[f'{key}_per_cpu_second'])} per CPU second; peak RSS "
+                f"{res[f'replay_{mode}_max_rss_bytes'] / 2**20:,.0f} MiB); same scores in "
+                f"every run: {same}")
+    row("replay labels / no labels", "ratio_replay_labels_nolabels")
     row("state per user (snapshot)", "state_bytes_per_user", " B",
         "median, users with >= 30 days of history, largest population")
     for k, v in res.get("state_bytes_by_users", {}).items():
@@ -104,9 +117,17 @@ def _run(args: argparse.Namespace) -> int:
         throughput=not args.no_throughput,
         profile=args.profile,
         workdir=args.workdir,
+        replay=args.replay,
+        replay_lines=args.replay_lines,
     )
     if min(opts.events, opts.baseline_events, opts.repeats, opts.state_pool) < 1:
         print("txwatch bench: sizes and repeats must be at least 1", file=sys.stderr)
+        return 2
+    if opts.replay_lines < 0:
+        print("txwatch bench: --replay-lines must be 0 (all) or more", file=sys.stderr)
+        return 2
+    if opts.replay and not Path(opts.replay).is_file():
+        print(f"txwatch bench: no such file: {opts.replay}", file=sys.stderr)
         return 2
     res = run_bench(opts, _log)
     if args.json:
@@ -124,7 +145,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "for a passthrough flow (same Kafka source and parsing, no state), the full flow and a "
         "scikit-learn IsolationForest baseline (medians of --repeats runs on one pre-produced "
         "topic); decision latency at an offered rate in live mode; per-user state size and "
-        "memory at several population sizes. Progress goes to stderr.",
+        "memory at several population sizes; with --replay, the speed of `txwatch replay` with "
+        "labels and without. Progress goes to stderr.",
     )
     p.add_argument("--json", action="store_true",
                    help="print one JSON object of numbers on stdout instead of the table")
@@ -150,6 +172,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-throughput", action="store_true", help="skip the throughput runs")
     p.add_argument("--profile", default=None, metavar="PREFIX",
                    help="also profile one full run with py-spy: PREFIX.0 and PREFIX.txt")
+    p.add_argument("--replay", default=None, metavar="FILE",
+                   help="also measure `txwatch replay` on this JSONL file (e.g. from `txwatch "
+                        "simulate`), with 7-day labels and with --no-labels, alternating, "
+                        "--repeats runs each in fresh processes: medians, their ratio, and "
+                        "whether every run wrote the same scores")
+    p.add_argument("--replay-lines", type=int, default=300_000,
+                   help="lines of the --replay file read (its first ones; 300000; 0: all)")
     p.add_argument("--workdir", default=None,
                    help="keep the broker log, database and run logs here (default: temporary)")
     p.set_defaults(func=_run)
