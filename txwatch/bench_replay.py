@@ -23,9 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-MODES = {"labels": "7d", "nolabels": None}
-"""The two replays compared: labels 7 days after each transaction (the default of
-``txwatch replay``), and ``--no-labels``."""
+MODES: dict[str, float | None] = {"labels": 7 * 86_400.0, "nolabels": None}
+"""The two replays compared, by label delay in seconds: labels 7 days after each transaction
+(the default of ``txwatch replay``), and ``--no-labels``."""
 
 _CHILD = """
 import json, resource, sys
@@ -71,10 +71,8 @@ def scores_digest(path: Path) -> str:
 
 def run_one(input_path: Path, scores_path: Path, mode: str) -> dict[str, float]:
     """One ``txwatch replay`` in a fresh process; its figures (see :data:`_CHILD`)."""
-    from producer.durations import parse_duration
-
     delay = MODES[mode]
-    arg = "-" if delay is None else repr(parse_duration(delay))
+    arg = "-" if delay is None else repr(delay)
     proc = subprocess.run(  # noqa: S603 - this interpreter, fixed code
         [sys.executable, "-c", _CHILD, str(input_path), str(scores_path), arg],
         capture_output=True, text=True, check=False,
