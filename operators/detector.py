@@ -52,7 +52,7 @@ from operators.scoring import Detector, ZScoreDetector
 from operators.user import HOME_RADIUS_KM, UserState
 from txwatch.settings import Settings
 
-VERSION = "txw-1.8"
+VERSION = "txw-1.9"
 _ND = NormalDist()
 Z_MAX = 12.0
 AIRPORT_HOURS = 2.0
@@ -289,6 +289,8 @@ class TxwDetector:
         self._last_x: Any = None
         self._mf_f: Any = None
         self._mf_x: Any = None
+        # (where learn counted the last score in the budgets: bin and epoch of each)
+        self._counted: tuple[Any, int, int, int, int] = (None, -1, 0, -1, 0)
         self._travel: tuple[Any, float] = (None, 0.0)
         self._trip: tuple[Any, bool] = (None, False)
         self._leaves: tuple[Any, tuple[int, ...] | None, tuple[int, ...] | None] = (
@@ -523,14 +525,18 @@ class TxwDetector:
             user.score_q.update(score)
         else:
             user.score_q.update(min(score, self.threshold(user) + USER_Q_STEP))
-        self.budget.update(max(score, 0.01))
-        n = self.budget.n_updates
+        b = self.budget
+        # (keep keeps where it was counted: a fraud label takes it back, see learn_label)
+        bi, be = b.count(max(score, 0.01))
+        self._counted = (f, bi, be, -1, 0)
+        n = b.n_updates
         if n >= 2_000 and n % 256 == 0:  # reading the histogram costs a cumsum: not per event
             self.budget_thr = self.budget.get()
         pf, anomaly, _b = self._path
         pb = self.path_budget
         if pf is f and pb is not None:
-            pb.update(max(anomaly, 0.01))
+            pi, pe = pb.count(max(anomaly, 0.01))
+            self._counted = (f, bi, be, pi, pe)
             if pb.n_updates >= 2_000 and pb.n_updates % 256 == 0:
                 self.path_thr = pb.get()
         if score >= self.p.threshold:
@@ -569,7 +575,13 @@ class TxwDetector:
             values, bins = self.sup_inputs(f, c)
         self._last_f = self._last_x = None
         pf, _a, cell = self._path
-        if pf is f and cell >= 0:  # the anomaly path flagged it: its label counts in its cell
+        if pf is not f:
+            cell = -1
+        cf, bi, be, pi, pe = self._counted
+        self._counted = (None, -1, 0, -1, 0)
+        if cf is f:  # where the budgets counted it (small ints): a fraud label takes it back
+            return (bins, array("f", values), cell, bi, be, pi, pe)
+        if cell >= 0:  # the anomaly path flagged it: its label counts in its cell
             return (bins, array("f", values), cell)
         return (bins, array("f", values))
 
@@ -577,11 +589,20 @@ class TxwDetector:
         names, values = kept[0], kept[1]
         # (a cell kept before a restore into another layout of cells may be out of range:
         # that label still teaches the supervised model, not the path)
-        if len(kept) == 3 and 0 <= kept[2] < PATH_CELLS:
+        if len(kept) >= 3 and 0 <= kept[2] < PATH_CELLS:
             b = kept[2]
             self.path_labels[b] += 1.0
             if is_fraud:
                 self.path_frauds[b] += 1.0
+        if is_fraud and len(kept) == 7:
+            # confirmed fraud leaves the budgets' quantiles: a budget caps the alerts that
+            # are not known to be fraud, so that a wave of fraud does not raise the bar for
+            # the rest once its labels are in (model 1.9)
+            if kept[3] >= 0:
+                self.budget.remove(kept[3], kept[4])
+            pb = self.path_budget
+            if pb is not None and kept[5] >= 0:
+                pb.remove(kept[5], kept[6])
         if len(names) == len(values):
             # kept by release 1.2 (state version 5, still read): every input's name beside
             # its value, the bins' ones included

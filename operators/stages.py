@@ -42,7 +42,7 @@ from operators.terminal import HORIZON_DAYS, TerminalState
 from operators.user import UserState
 from txwatch.metrics import child, get_metrics
 
-STATE_VERSION = 8
+STATE_VERSION = 9
 """Layout version of the stages' snapshots. A release that changes the layout bumps it; an
 older snapshot is migrated when :data:`READABLE` lists it, else refused with instructions for
 a warm start (see README, Recovery).
@@ -51,15 +51,17 @@ stored in ``Txn`` and ``Label`` (the batch stages); 5: the alert budget's histog
 by its constructor's arguments (the compiled modules, ``operators.native``); 6: a user's day
 buckets are a ring in one array (``operators.user.DAYS``); 7: a user's histogram of distances
 from home, counts of channels, and the distance and channel of each recent transaction (model
-txw-1.4); 8: whether each recent transaction was learnt (model txw-1.6)."""
+txw-1.4); 8: whether each recent transaction was learnt (model txw-1.6); 9: where the alert
+budgets counted each transaction that waits for its label (model txw-1.9)."""
 
-READABLE = (5, 6, 7, STATE_VERSION)
-"""Snapshot versions this release restores: 5, 6 and 7 are migrated as they are read (a user's
+READABLE = (5, 6, 7, 8, STATE_VERSION)
+"""Snapshot versions this release restores: 5 to 8 are migrated as they are read (a user's
 day buckets, distances, channels and recent transactions, ``UserState.__setstate__``; the kept
 inputs of pending labels, ``TxwDetector.learn_label``). A user migrated from 5 or 6 starts with
 an empty distance histogram and channel counts: they count as evidence again after 10
 transactions (``operators.user.DIST_MIN_N``). A recent transaction of 7 or before counts as
-learnt (most are; the flagged ones were not)."""
+learnt (most are; the flagged ones were not). A transaction of 8 or before that waits for its
+label was counted by the budgets without saying where: its fraud label leaves them as they are."""
 
 KIND_LABEL = 0  # labels sort before transactions of the same instant
 KIND_TXN = 1

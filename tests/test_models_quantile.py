@@ -180,6 +180,48 @@ def test_histogram_merge_equals_one_histogram_of_both_streams() -> None:
         a.merge(HistogramQuantile(lo=1e-3, hi=1e3, n_bins=301))
 
 
+def test_histogram_remove_equals_never_having_counted_the_value() -> None:
+    """Taking back some values (with the bin and epoch their update gave) leaves the counts of
+    a histogram that never saw them, whatever halvings happened in between."""
+    rng = np.random.default_rng(8)
+    xs = rng.lognormal(0.0, 1.0, 5_000).tolist()
+    gone = set(rng.choice(len(xs), 300, replace=False).tolist())
+    h = HistogramQuantile(lo=0.01, hi=100.0, n_bins=400, q=0.99, half_life=1_000)
+    without = HistogramQuantile(lo=0.01, hi=100.0, n_bins=400, q=0.99, half_life=1_000)
+    where = {}
+    for k, x in enumerate(xs):
+        where[k] = h.count(x)
+        # the reference counts the value with weight 0 (an update of an empty histogram's
+        # bookkeeping: same halvings at the same updates)
+        if k in gone:
+            without.n_updates += 1
+            if without.n_updates % 1_000 == 0:
+                for j, c in enumerate(without.counts):
+                    without.counts[j] = c * 0.5
+        else:
+            without.update(x)
+    for k in gone:
+        h.remove(*where[k])
+    assert list(h.counts) == pytest.approx(list(without.counts), abs=1e-9)
+    assert h.get() == pytest.approx(without.get(), rel=1e-9)
+    # the 1 % tail without its largest values is lower
+    top = sorted(range(len(xs)), key=xs.__getitem__)[-40:]
+    q_before = h.get()
+    for k in top:
+        if k not in gone:
+            h.remove(*where[k])
+    assert h.get() < q_before
+
+
+def test_histogram_remove_never_goes_below_zero() -> None:
+    h = HistogramQuantile(lo=0.01, hi=100.0, n_bins=10, q=0.5)
+    where = h.count(5.0)
+    h.remove(*where)
+    h.remove(*where)
+    assert min(h.counts) == 0.0 and h.get() is None
+    assert h.update(float("nan")) == -1
+
+
 def test_histogram_pickles_and_rejects_bad_parameters() -> None:
     h = HistogramQuantile(lo=0.0, hi=1.0, n_bins=100, scale="linear")
     for x in np.linspace(0, 1, 1000).tolist():

@@ -127,7 +127,8 @@ class Settings(BaseSettings):
     for its label; labels later than this still feed terminal risk, not the model."""
     alert_budget_per_1000: float = 6.5
     """TXWATCH_ALERT_BUDGET_PER_1000: ceiling on alerts per 1,000 transactions (held by each
-    logical user shard over its own users)."""
+    logical user shard over its own users); a transaction labelled fraud leaves it, so that
+    confirmed fraud does not hold back the alerts on the rest."""
     anomaly_path: bool = True
     """TXWATCH_ANOMALY_PATH: once the supervised model scores (20 frauds learnt), the
     label-free decision still alerts: a transaction whose anomaly score clears the threshold

@@ -248,10 +248,16 @@ class HistogramQuantile:
         self.counts = array("d", bytes(8 * (n_bins + 2)))
         self.n_updates = 0
 
-    def update(self, x: float) -> None:
-        """Count one value. NaN is ignored."""
+    def count(self, x: float) -> tuple[int, int]:
+        """:meth:`update` with ``x``, and where it went, for :meth:`remove`: its bin (-1 for
+        NaN, which is ignored) and how many times the counts had been halved before."""
+        epoch = self.epoch
+        return self.update(x), epoch
+
+    def update(self, x: float) -> int:
+        """Count one value; returns its bin, -1 for NaN, which is ignored."""
         if x != x:
-            return
+            return -1
         if x < self.lo:
             i = 0
         elif x >= self.hi:
@@ -265,6 +271,29 @@ class HistogramQuantile:
             for j, c in enumerate(self.counts):
                 if c:
                     self.counts[j] = c * 0.5
+        return i
+
+    @property
+    def epoch(self) -> int:
+        """How many times the counts have been halved (0 without ``half_life``)."""
+        return self.n_updates // self.half_life if self.half_life is not None else 0
+
+    def remove(self, i: int, epoch: int) -> None:
+        """Take back one value that :meth:`count` counted in bin ``i`` after ``epoch``
+        halvings, with the weight it has now; what was halved away is not taken twice, and a
+        count never goes below 0.
+
+        >>> h = HistogramQuantile(0.01, 100.0, n_bins=100, q=0.5, half_life=4)
+        >>> first = h.count(1.0)
+        >>> for v in (2.0, 3.0, 9.0):  # the 4th update halves the first four
+        ...     _ = h.count(v)
+        >>> last = h.count(9.0)
+        >>> h.remove(*last); h.remove(*first); sum(h.counts)  # 2.0 and 3.0, halved, are left
+        1.0
+        """
+        w = 0.5 ** (self.epoch - epoch) if epoch < self.epoch else 1.0
+        c = self.counts[i] - w
+        self.counts[i] = c if c > 0.0 else 0.0
 
     def quantile(self, q: float) -> float | None:
         """The ``q``-quantile, interpolated within its bin; ``None`` while empty."""
