@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from operators.detector import TxwDetector, params_from_settings
+from operators.detector import TxwDetector, _unpack_where, params_from_settings
 from operators.user import UserState
 from txwatch.settings import Settings
 
@@ -39,7 +39,7 @@ def _stream(d: TxwDetector, n: int = 3_000, every: int = 40) -> tuple[list, list
 def test_fraud_labels_take_their_scores_out_of_both_budgets() -> None:
     d = TxwDetector(params_from_settings(Settings()))
     extremes, ordinary = _stream(d)
-    assert all(len(k) == 7 for k in extremes + ordinary)  # where each was counted
+    assert all(len(k) == 4 for k in extremes + ordinary)  # where each was counted
     assert d.path_budget is not None
     mass, path_mass = sum(d.budget.counts), sum(d.path_budget.counts)
     q, path_q = d.budget.get(), d.path_budget.get()
@@ -66,7 +66,7 @@ def test_without_the_path_only_the_budget_forgets() -> None:
 
     d = TxwDetector(replace(params_from_settings(Settings()), anomaly_path=False))
     extremes, _ = _stream(d)
-    assert d.path_budget is None and all(k[5] == -1 for k in extremes)
+    assert d.path_budget is None and all(_unpack_where(k[3])[2] == -1 for k in extremes)
     mass = sum(d.budget.counts)
     for k in extremes:
         d.learn_label(k, True)

@@ -246,7 +246,7 @@ def test_an_older_snapshot_is_migrated_and_scores_as_before(old: int):
     snap = pickle.loads(current)
     assert snap["version"] == STATE_VERSION == 9 and {5, 6, 7, 8} <= set(READABLE)
     assert len(snap["users"]["a"].days) == 3 * DAYS  # the ring
-    assert snap["pending"] and all(len(p.kept) == 7 for p in snap["pending"].values())
+    assert snap["pending"] and all(len(p.kept) == 4 for p in snap["pending"].values())
     snap.update(version=old, users={k: OldUser(u) for k, u in snap["users"].items()})
     for p in snap["pending"].values():  # kept as 1.8 kept it: no budget bins
         p.kept = p.kept[:3] if p.kept[2] >= 0 else p.kept[:2]
