@@ -32,7 +32,9 @@ Components (each is reported per transaction, and measured by ``txwatch evaluate
 The final score is the label-free ``anomaly`` score until the supervised model has seen
 enough labelled fraud, then the supervised probability on the same z-like scale, or the
 ``anomaly_path`` share on that scale when it is higher (``TXWATCH_ANOMALY_PATH``, on by
-default; model 1.7).
+default; model 1.7). Both budgets, the decision's and the anomaly path's, are quantiles of the
+shard's scores from which a transaction labelled fraud is taken back out (model 1.9): they cap
+the alerts on what is not known to be fraud.
 
 Scale: scores are z-like (a legitimate transaction rarely exceeds 3); see README, Detection.
 """
