@@ -529,19 +529,19 @@ class TxwDetector:
         else:
             user.score_q.update(min(score, self.threshold(user) + USER_Q_STEP))
         b = self.budget
-        # (keep keeps where it was counted: a fraud label takes it back, see learn_label)
         bi, be = b.count(max(score, 0.01))
-        self._counted = (f, bi, be, -1, 0)
         n = b.n_updates
         if n >= 2_000 and n % 256 == 0:  # reading the histogram costs a cumsum: not per event
-            self.budget_thr = self.budget.get()
+            self.budget_thr = b.get()
+        pi, pe = -1, 0
         pf, anomaly, _b = self._path
         pb = self.path_budget
         if pf is f and pb is not None:
             pi, pe = pb.count(max(anomaly, 0.01))
-            self._counted = (f, bi, be, pi, pe)
             if pb.n_updates >= 2_000 and pb.n_updates % 256 == 0:
                 self.path_thr = pb.get()
+        # (keep keeps where both were counted: a fraud label takes it back, see learn_label)
+        self._counted = (f, bi, be, pi, pe)
         if score >= self.p.threshold:
             return  # protect the anomaly models from what they flag
         # the model features of `f` were built when it was scored: reuse them, and the
