@@ -13,6 +13,12 @@ Components (each is reported per transaction, and measured by ``txwatch evaluate
                    (unless it lands back home: then the far one before was the odd one), and
                    transactions still at the place of such a hop, far from home, within a day;
                    a first transaction abroad in a category new to the user
+``behaviour``      how unusual the circumstances are for the user (Fisher's method over the
+                   p-values of the gap since the previous transaction, a new terminal, a small
+                   amount pooled over the hour, the hour, the distance within the home region
+                   and card-not-present purchases pooled over the hour); a small amount
+                   farther from home than the user has ever gone within the region scores
+                   as a rule, :data:`PROBE_Z` or more (model 1.10)
 ``hst``            per-user Half-Space Trees (compact: shared structure, per-user masses) or
                    ``iforest``, the per-user online Isolation Forest (``TXWATCH_USER_MODEL``)
 ``population``     the shard's Half-Space Trees over the same features (cold start)
@@ -54,13 +60,20 @@ from operators.scoring import Detector, ZScoreDetector
 from operators.user import HOME_RADIUS_KM, UserState
 from txwatch.settings import Settings
 
-VERSION = "txw-1.9"
+VERSION = "txw-1.10"
 _ND = NormalDist()
 Z_MAX = 12.0
 AIRPORT_HOURS = 2.0
 AIRLINER_KMH = 800.0
 ABROAD_NEW_Z = 5.0
 """Travel score of a first transaction abroad in a merchant category new to the user."""
+PROBE_Z = 5.0
+"""Behaviour score of a small amount just beyond the user's range within the home region (the
+upper edge of the farthest distance bin the user has used; operators.user._range_km); it
+grows by 1 for each doubling of the distance beyond it."""
+PROBE_AMOUNT_P = 0.1
+"""How small an amount must be for :data:`PROBE_Z`: its p-value among the user's recent
+amounts, pooled over the hour (``amt_p_burst``)."""
 USER_Q_STEP = 0.5
 """Most a score may exceed the threshold in force when it enters the user's running quantile."""
 
@@ -358,7 +371,7 @@ class TxwDetector:
         # behaviour: how unusual the circumstances are for this user (Fisher's method over
         # the p-values of the gap since the previous transaction, a new terminal, a small
         # amount, the hour of day and the distance from home within the home region)
-        behaviour = circumstances = 0.0
+        behaviour = circumstances = probe = 0.0
         if n >= 5:
             rate = n / max(86400.0, f["u_days"] * 86400.0)
             gap = f["secs_since_prev"]
@@ -386,6 +399,20 @@ class TxwDetector:
             behaviour = fisher_z(ps) * shrink
             # the same without the gap, for the burst below: velocity already counts it
             circumstances = fisher_z(ps[1:]) * shrink
+            # a small amount farther from home than the user has ever gone within the region
+            # (beyond the farthest distance bin the user has used): a stolen card tested at a
+            # far-off shop, card testing's first purchase. Its permutation p-value cannot fall
+            # below 1 / (n + 1) however far it is, and Fisher's method dilutes it with the
+            # ordinary p-values, so the pattern scores as a rule, as a takeover from abroad
+            # does. (In the simulator's data no legitimate transaction matched it: README,
+            # Accuracy)
+            rng = f.get("dist_range_km", 0.0)
+            d = f["dist_home_km"]
+            if 0.0 < rng < d <= HOME_RADIUS_KM and f["amt_p_burst"] <= PROBE_AMOUNT_P:
+                probe = min(Z_MAX, PROBE_Z + math.log2(d / rng))
+                behaviour = max(behaviour, probe)
+                circumstances = max(circumstances, probe)
+        f["probe_z"] = probe  # (for the reasons, and stored with the alert's features)
         x = self._mf_x = model_features(f)
         self._mf_f = f
         # (the Half-Space Trees return the leaves x reaches, so that learning it after the

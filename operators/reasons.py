@@ -33,6 +33,7 @@ CODES: dict[str, str] = {
     "travel_speed": "implied travel speed since the previous transaction",
     "far_from_home": "distance from the user's usual area",
     "unusual_distance": "farther from home than this user usually transacts (within the region)",
+    "probe": "a small amount farther from home than the user has ever gone (card testing)",
     "pace": "transactions in faster succession than this user's usual pace",
     "velocity_10m": "a burst of transactions within minutes",
     "velocity_1h": "many transactions in the last hour",
@@ -136,6 +137,13 @@ def _travel(f: dict[str, float], c: dict[str, float]) -> list[Candidate]:
         text = f"implied travel speed {v:.0f} km/h"
         out.append((min(6.0, v / 200), Reason("travel_speed", text, v)))
     d = f.get("dist_home_km", 0.0)
+    pz = f.get("probe_z", 0.0)
+    if pz > 0.0:
+        # pz: the detector's probe rule (operators.detector.PROBE_Z), a small amount beyond
+        # the farthest distance bin the user has used within the home region
+        out.append((pz, Reason(
+            "probe", f"small amount {d:,.0f} km from home, beyond this user's range of "
+                     f"{f.get('dist_range_km', 0.0):,.0f} km", d)))
     dp = f.get("dist_p", 1.0)
     if dp < 0.01:
         # dp: the permutation p-value of the distance (operators.user._dist_p), pooled with

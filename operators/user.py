@@ -319,8 +319,10 @@ class UserState:
                     if dists[b]:
                         dists[b] -= 1
             f["dist_p"] = _dist_p(dists, dist, hour_dists)
+            f["dist_range_km"] = _range_km(dists)
         else:
             f["dist_p"] = 1.0
+            f["dist_range_km"] = 0.0
         f["hop_km"] = hop
         f["speed_kmh"] = speed
         # hour of day against habit
@@ -593,6 +595,23 @@ def _dist_p(dists: array, dist: float, hour_dists: list[float]) -> float:
     r = sum(dists[bisect_right(DIST_EDGES, near):])
     k = len(hour_dists) + 1
     return min(1.0, math.comb(r + k, k) / math.comb(n + k, k))
+
+
+def _range_km(dists: array) -> float:
+    """The user's range within the home region: the upper edge (km) of the farthest bin of
+    :data:`DIST_EDGES` holding one of the user's past distances, 0.0 until the user has
+    :data:`DIST_MIN_N` of them.
+
+    >>> _range_km(array("H", [0, 0, 30, 20, 0, 0, 0, 0, 0, 4]))  # 2-8 km, trips beyond 300 km
+    8.0
+    """
+    home = len(DIST_EDGES) - 1  # (the last bin, beyond the region, holds trips)
+    if sum(dists[:home + 1]) < DIST_MIN_N:
+        return 0.0
+    for b in range(home, -1, -1):
+        if dists[b]:
+            return DIST_EDGES[b]
+    return 0.0
 
 
 def _is_cnp(channel: str | None) -> bool:

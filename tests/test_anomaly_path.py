@@ -79,7 +79,7 @@ def _z(p: float) -> float:
 
 def test_on_by_default():
     assert Settings().anomaly_path
-    assert TxwDetector(params_from_settings(Settings())).version == "txw-1.9-hst"
+    assert TxwDetector(params_from_settings(Settings())).version == "txw-1.10-hst"
 
 
 def test_off_the_supervised_score_alone():

@@ -440,6 +440,35 @@ def test_a_run_far_from_the_users_usual_places_is_pooled_evidence():
                                                               ordinary.components)}
 
 
+def test_a_small_amount_beyond_the_users_range_is_a_probe():
+    # a customer who always shops within 2-3 km of home (distance bins up to 4 km), 20-60 EUR
+    items = [_at("ivy", f"i{i}", T0 + i * timedelta(hours=11),
+                 {**HOME, "lat": HOME["lat"] + 0.02 * (i % 3 - 1)}, amount=20.0 + (i * 7) % 41,
+                 terminal=f"T{i % 3}") for i in range(60)]
+    t = T0 + 61 * timedelta(hours=11)
+    cases = {
+        "probe": ({**HOME, "lat": HOME["lat"] + 0.5}, 1.5),  # about 55 km away, 1.50 EUR
+        "ordinary_far": ({**HOME, "lat": HOME["lat"] + 0.5}, 35.0),  # an ordinary amount
+        "small_near": ({**HOME, "lat": HOME["lat"] + 0.02}, 1.5),  # small, in range
+        "small_abroad": (MEX, 1.5),  # beyond the home region: travel's business
+    }
+    out = {}
+    for name, (where, amount) in cases.items():
+        out[name] = run_items([*items, _at("ivy", "x", t, where, amount=amount,
+                                           terminal="WEB")])["x"]
+    probe = out["probe"]
+    assert probe.features["dist_range_km"] == 4.0  # the farthest bin used: 2-4 km
+    # PROBE_Z plus one per doubling beyond the range: 5 + log2(55.6 / 4)
+    assert probe.components["behaviour"] == pytest.approx(5.0 + 3.797, abs=0.01)
+    assert probe.is_alert
+    assert explain(probe.features, probe.components)[0].code == "probe"
+    for name in ("ordinary_far", "small_near", "small_abroad"):
+        d = out[name]
+        assert d.features["probe_z"] == 0.0, name
+        assert d.components["behaviour"] < 5.0, name
+        assert "probe" not in {r.code for r in explain(d.features, d.components)}, name
+
+
 def test_online_purchases_in_a_row_are_pooled_evidence():
     # a customer who shops online one time in seven
     items = [txn(f"g{i}", "gus", 20.0 + (i * 7) % 41, T0 + i * timedelta(hours=11),
