@@ -74,6 +74,9 @@ grows by 1 for each doubling of the distance beyond it."""
 PROBE_AMOUNT_P = 0.1
 """How small an amount must be for :data:`PROBE_Z`: its p-value among the user's recent
 amounts, pooled over the hour (``amt_p_burst``)."""
+PROBE_MIN_KM = 10.0
+"""How far from home at least for :data:`PROBE_Z`: a neighbouring town, not the next street (a
+customer who always shops within a kilometre is not probed by a coffee 3 km away)."""
 USER_Q_STEP = 0.5
 """Most a score may exceed the threshold in force when it enters the user's running quantile."""
 
@@ -404,11 +407,12 @@ class TxwDetector:
             # far-off shop, card testing's first purchase. Its permutation p-value cannot fall
             # below 1 / (n + 1) however far it is, and Fisher's method dilutes it with the
             # ordinary p-values, so the pattern scores as a rule, as a takeover from abroad
-            # does. (In the simulator's data no legitimate transaction matched it: README,
-            # Accuracy)
+            # does. (In the simulator's test weeks no legitimate transaction matched it:
+            # README, Accuracy)
             rng = f.get("dist_range_km", 0.0)
             d = f["dist_home_km"]
-            if 0.0 < rng < d <= HOME_RADIUS_KM and f["amt_p_burst"] <= PROBE_AMOUNT_P:
+            if (0.0 < rng < d <= HOME_RADIUS_KM and d >= PROBE_MIN_KM
+                    and f["amt_p_burst"] <= PROBE_AMOUNT_P):
                 probe = min(Z_MAX, PROBE_Z + math.log2(d / rng))
                 behaviour = max(behaviour, probe)
                 circumstances = max(circumstances, probe)

@@ -462,7 +462,15 @@ def test_a_small_amount_beyond_the_users_range_is_a_probe():
     assert probe.components["behaviour"] == pytest.approx(5.0 + 3.797, abs=0.01)
     assert probe.is_alert
     assert explain(probe.features, probe.components)[0].code == "probe"
-    for name in ("ordinary_far", "small_near", "small_abroad"):
+    # a customer who always shops within a few hundred metres of home (range 1 km): a small
+    # purchase 3 km away is beyond the range but under PROBE_MIN_KM, the next district
+    tight = [_at("jo", f"j{i}", T0 + i * timedelta(hours=11),
+                 {**HOME, "lat": HOME["lat"] + 0.002 * (i % 3 - 1)}, amount=20.0 + (i * 7) % 41,
+                 terminal=f"T{i % 3}") for i in range(60)]
+    out["small_next_district"] = run_items([*tight, _at(
+        "jo", "x", t, {**HOME, "lat": HOME["lat"] + 0.027}, amount=1.5, terminal="WEB")])["x"]
+    assert out["small_next_district"].features["dist_range_km"] == 1.0
+    for name in ("ordinary_far", "small_near", "small_abroad", "small_next_district"):
         d = out[name]
         assert d.features["probe_z"] == 0.0, name
         assert d.components["behaviour"] < 5.0, name
