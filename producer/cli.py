@@ -15,7 +15,7 @@ from datetime import date
 from typing import Any, TextIO
 
 from producer.config import SimConfig, parse_scenarios
-from producer.durations import parse_duration
+from producer.durations import duration_arg
 from producer.labels import DEFAULT_LEGIT_SHARE, LabelPolicy
 from producer.progress import ProgressLine, bar
 
@@ -41,13 +41,6 @@ def _share(text: str) -> float:
     if not 0.0 <= x <= 1.0:
         raise argparse.ArgumentTypeError("must be within [0, 1]")
     return x
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _scenarios(text: str) -> frozenset[int]:
@@ -78,7 +71,7 @@ def _add_sim_args(p: argparse.ArgumentParser) -> None:
 
 def _add_label_args(p: argparse.ArgumentParser, delay_help: str) -> None:
     g = p.add_argument_group("labels")
-    g.add_argument("--label-delay", type=_duration, default=7 * 86400.0, help=delay_help)
+    g.add_argument("--label-delay", type=duration_arg, default=7 * 86400.0, help=delay_help)
     g.add_argument("--label-share", type=_share, default=DEFAULT_LEGIT_SHARE,
                    help="share of legitimate transactions labelled legit (default 0.05)")
 
@@ -125,7 +118,7 @@ def register(subparsers: Any) -> None:
     stop = p.add_argument_group("stopping")
     stop.add_argument("--max-events", type=_positive_int, metavar="N",
                       help="stop after N transactions")
-    stop.add_argument("--duration", type=_duration, metavar="S",
+    stop.add_argument("--duration", type=duration_arg, metavar="S",
                       help="stop after this long (e.g. 90s, 10m)")
     p.add_argument("--strip-truth", action="store_true",
                    help="leave is_fraud and fraud_scenario out of the transactions")

@@ -16,6 +16,7 @@ ValueError: not a duration: '7 days' (expected N followed by s, m, h or d, e.g. 
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 
@@ -34,6 +35,22 @@ def parse_duration(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"duration out of range: {text!r}")
     return value
+
+
+def duration_arg(text: str) -> float:
+    """:func:`parse_duration` as an argparse ``type``: a bad duration is a usage error.
+
+    >>> duration_arg("2d")
+    172800.0
+    >>> duration_arg("3x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: not a duration: '3x' (expected N followed by s, m, h or d, ...)
+    """
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def format_duration(seconds: float) -> str:

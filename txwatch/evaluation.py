@@ -24,6 +24,22 @@ import numpy as np
 DAY = 86400
 
 
+class EvalInputError(ValueError):
+    """The files cannot be evaluated together; ``str(e)`` says why and what to do."""
+
+
+def _score_row(line: bytes, n: int, path: str) -> tuple[str, float, bool, dict[str, Any]]:
+    """One line of ``txwatch replay``'s scores: id, score, alert and components."""
+    try:
+        s = json.loads(line)
+        return (str(s["transaction_id"]), float(s["score"]), bool(s["alert"]),
+                s.get("components") or {})
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        what = f"no {e}" if isinstance(e, KeyError) else str(e)[:80]
+        raise EvalInputError(
+            f"{path}, line {n}: not a line written by txwatch replay ({what})") from e
+
+
 @dataclass
 class EvalData:
     ids: list[str]
@@ -49,25 +65,36 @@ def load(tx_path: str, scores_path: str, start: date, end: date, delay_days: int
                        tzinfo=UTC).timestamp() // DAY)
     fraud_days: dict[str, list[int]] = defaultdict(list)
     rows: dict[str, tuple[str, int, int, int]] = {}
+    lo = hi = None  # the days the transactions file covers (for the error below)
     with open(tx_path, "rb") as f:
         for line in f:
             try:
                 r = json.loads(line)
             except ValueError:
                 continue
-            if not isinstance(r, dict) or "timestamp" not in r:
+            # (lines replay sends to its dead letters are not evaluated either)
+            if (not isinstance(r, dict) or "timestamp" not in r
+                    or not isinstance(r.get("transaction_id"), str)
+                    or not isinstance(r.get("user_id"), str)):
                 continue
             try:
                 day = _day(r["timestamp"]) if isinstance(r["timestamp"], str) else int(
                     r["timestamp"] // DAY)
             except (TypeError, ValueError):
                 continue
+            lo = day if lo is None else min(lo, day)
+            hi = day if hi is None else max(hi, day)
             fr = int(r.get("is_fraud", 0) or 0)
             if fr and day >= tr0:
                 fraud_days[r["user_id"]].append(day)
             if d0 <= day <= d1:
                 rows[r["transaction_id"]] = (r["user_id"], day, fr,
                                              int(r.get("fraud_scenario", 0) or 0))
+    if not rows:
+        held = ("no valid transaction" if lo is None else
+                f"transactions from {_date(lo)} to {_date(hi)}")
+        raise EvalInputError(f"{tx_path} has no transaction in {start}..{end} (it holds "
+                             f"{held}): choose the window with --start and --end")
     ids: list[str] = []
     users: list[str] = []
     days: list[int] = []
@@ -76,27 +103,35 @@ def load(tx_path: str, scores_path: str, start: date, end: date, delay_days: int
     score: list[float] = []
     alert: list[bool] = []
     comps: dict[str, list[float]] = defaultdict(list)
+    matched = 0
     with open(scores_path, "rb") as f:
-        for line in f:
-            s = json.loads(line)
-            row = rows.get(s["transaction_id"])
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            tid, sc_value, alerted, components = _score_row(line, n, scores_path)
+            row = rows.get(tid)
             if row is None:
                 continue
+            matched += 1
             user, day, fr, sc = row
             known = any(fd <= day - delay_days - 1 for fd in fraud_days.get(user, ()))
             if known:
                 continue
-            ids.append(s["transaction_id"])
+            ids.append(tid)
             users.append(user)
             days.append(day)
             fraud.append(fr)
             scen.append(sc)
-            score.append(float(s["score"]))
-            alert.append(bool(s["alert"]))
-            for k, v in (s.get("components") or {}).items():
+            score.append(sc_value)
+            alert.append(alerted)
+            for k, v in components.items():
                 if k in ("maturity", "threshold"):
                     continue
                 comps[k].append(float(v))
+    if matched == 0:
+        raise EvalInputError(
+            f"none of the {len(rows):,} transactions of {tx_path} in {start}..{end} has a "
+            f"score in {scores_path}: give the scores txwatch replay wrote for this input")
     n = len(ids)
     return EvalData(ids, np.array(users), np.array(days), np.array(fraud), np.array(scen),
                     np.array(score), np.array(alert),
@@ -279,6 +314,8 @@ def format_report(res: dict[str, Any]) -> str:
 
     out = [f"window {res['window']}: {res['transactions']:,} transactions, "
            f"{res['frauds']:,} frauds (known-compromised cards removed)", line("score", res)]
+    if "roc_auc" not in res:
+        out.append("  (ROC-AUC and AP need both fraud and legitimate transactions in the window)")
     out.append(f"alerts: {res.get('alerts_per_1000', 0):.2f} per 1,000 transactions "
                f"({res.get('alerts_per_1000_legit', 0):.2f} per 1,000 legitimate), "
                f"precision {res.get('alert_precision', 0):.3f}")
@@ -294,8 +331,12 @@ def format_report(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _date(day: int) -> date:
+    return datetime.fromtimestamp(day * DAY, tz=UTC).date()
+
+
 def parse_date(s: str) -> date:
     return datetime.strptime(s, "%Y-%m-%d").replace(tzinfo=UTC).date()
 
 
-__all__ = ["evaluate", "format_report", "parse_date", "timedelta"]
+__all__ = ["EvalInputError", "evaluate", "format_report", "parse_date", "timedelta"]

@@ -5,15 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import date
 
-from txwatch.evaluation import evaluate, format_report, parse_date
+from txwatch.evaluation import EvalInputError, evaluate, format_report, parse_date
+
+
+def _date(text: str) -> date:
+    try:
+        return parse_date(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (expected YYYY-MM-DD)") from e
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.end < args.start:
+        print(f"txwatch evaluate: --end {args.end} is before --start {args.start}",
+              file=sys.stderr)
+        return 2
     try:
-        res = evaluate(args.input, args.scores, parse_date(args.start), parse_date(args.end),
-                       args.delay_days, args.plots, args.ceilings)
-    except FileNotFoundError as e:
+        res = evaluate(args.input, args.scores, args.start, args.end, args.delay_days,
+                       args.plots, args.ceilings)
+    except (OSError, EvalInputError) as e:
         print(f"txwatch evaluate: {e}", file=sys.stderr)
         return 2
     if args.json:
@@ -35,8 +47,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--input", required=True, help="the transactions file given to replay")
     p.add_argument("--scores", required=True, help="the scores file written by replay")
-    p.add_argument("--start", default="2018-08-08", help="first day evaluated (2018-08-08)")
-    p.add_argument("--end", default="2018-08-14", help="last day evaluated (2018-08-14)")
+    p.add_argument("--start", type=_date, default=date(2018, 8, 8),
+                   help="first day evaluated, YYYY-MM-DD (2018-08-08)")
+    p.add_argument("--end", type=_date, default=date(2018, 8, 14),
+                   help="last day evaluated, YYYY-MM-DD (2018-08-14)")
     p.add_argument("--delay-days", type=int, default=7,
                    help="days after which a fraud makes its card known (7)")
     p.add_argument("--plots", default=None, help="directory for the PR curve and histogram")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from producer.durations import duration_arg
 from txwatch.settings import Settings, get_settings
 
 
@@ -102,19 +103,38 @@ def run_replay(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from producer.durations import parse_duration
-
     if args.no_labels and args.label_delay is not None:
-        print("txwatch replay: --label-delay cannot be combined with --no-labels",
-              file=sys.stderr)
-        return 2
-    delay = None if args.no_labels else parse_duration(args.label_delay or "7d")
+        return _usage("--label-delay cannot be combined with --no-labels")
+    delay = None if args.no_labels else (7 * 86400.0 if args.label_delay is None
+                                         else args.label_delay)
+    if args.workers < 1:
+        return _usage(f"--workers must be at least 1, not {args.workers}")
     if not Path(args.input).is_file():
-        print(f"txwatch replay: no such file: {args.input}", file=sys.stderr)
-        return 2
-    run_replay(args.input, args.scores, label_delay=delay, dlq_path=args.dlq, db_url=args.db,
-               workers=args.workers, own_process=True)
+        return _usage(f"no such file: {args.input}")
+    for flag, path in (("--scores", args.scores), ("--dlq", args.dlq)):
+        if path:  # (created beside any missing directories, as simulate and evaluate do)
+            if Path(path).is_dir():
+                return _usage(f"{flag} {path} is a directory: give a file name")
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                return _usage(f"cannot write {flag} {path}: {e}")
+    db_errors: tuple[type[Exception], ...] = ()
+    if args.db:
+        import psycopg
+
+        db_errors = (psycopg.OperationalError,)
+    try:
+        run_replay(args.input, args.scores, label_delay=delay, dlq_path=args.dlq,
+                   db_url=args.db, workers=args.workers, own_process=True)
+    except db_errors as e:
+        return _usage(f"cannot reach the database (--db): {e}")
     return 0
+
+
+def _usage(msg: str) -> int:
+    print(f"txwatch replay: {msg}", file=sys.stderr)
+    return 2
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -127,7 +147,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--input", required=True, help="transactions, JSON lines, time-ordered")
     p.add_argument("--scores", required=True, help="where to write the scores (JSON lines)")
-    p.add_argument("--label-delay", default=None,
+    p.add_argument("--label-delay", type=duration_arg, default=None,
                    help="delay of the fraud labels: N followed by s, m, h or d (default 7d)")
     p.add_argument("--no-labels", action="store_true", help="no labels reach the flow")
     p.add_argument("--dlq", help="write invalid lines here (JSON lines, with the reason)")
