@@ -1,5 +1,6 @@
-"""`txwatch replay` and `txwatch evaluate` on bad arguments and mismatched files: a clear
-one-line error and exit status 2, never a traceback, and nothing half-written."""
+"""`txwatch replay`, `evaluate`, `db` and `alerts` on bad arguments, mismatched files and an
+unreachable database: a clear one-line error and exit status 2, never a traceback, and
+nothing half-written."""
 
 from __future__ import annotations
 
@@ -148,3 +149,23 @@ def test_evaluate_reports_a_window_and_says_when_auc_is_undefined(capsys, tx, sc
                      "--start", "2018-04-01", "--end", "2018-04-01")  # t0..t3: no fraud
     assert rc == 0 and "4 transactions, 0 frauds" in out
     assert "ROC-AUC and AP need both fraud and legitimate transactions" in out
+
+
+# ------------------------------------------------------------------------------ the database
+
+def test_db_prune_says_when_the_database_is_unreachable(capsys, monkeypatch):
+    monkeypatch.setenv("TXWATCH_DATABASE_URL",
+                       f"postgresql://txwatch@127.0.0.1:{refused_port()}/txwatch")
+    from txwatch.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        rc, _, err = run(capsys, "db", "prune")
+    finally:
+        get_settings.cache_clear()
+    assert rc == 2 and err.startswith("txwatch db prune: cannot reach the database")
+
+
+def test_alerts_refuses_a_limit_below_one(capsys):
+    rc, _, err = run(capsys, "alerts", "--limit", "-1")
+    assert rc == 2 and "--limit must be at least 1, not -1" in err

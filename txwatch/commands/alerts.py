@@ -44,6 +44,9 @@ def format_alerts(rows: list[tuple[Any, ...]]) -> str:
 def _run(args: argparse.Namespace) -> int:
     import psycopg
 
+    if args.limit < 1:
+        print(f"txwatch alerts: --limit must be at least 1, not {args.limit}", file=sys.stderr)
+        return 2
     try:
         rows = latest_alerts(get_settings().dsn(), args.limit, args.user, args.severity)
     except psycopg.OperationalError as e:

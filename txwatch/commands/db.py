@@ -25,9 +25,16 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
+    import psycopg
+
     from sinks.retention import prune
 
-    counts = prune(get_settings().dsn(), get_settings())
+    try:
+        counts = prune(get_settings().dsn(), get_settings())
+    except psycopg.OperationalError as e:
+        print(f"txwatch db prune: cannot reach the database (TXWATCH_DATABASE_URL): {e}",
+              file=sys.stderr)
+        return 2
     print(json.dumps(counts))
     return 0
 
