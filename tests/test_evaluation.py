@@ -11,7 +11,7 @@ import pytest
 
 from producer.config import SimConfig
 from producer.simulator import iter_transactions
-from txwatch.evaluation import evaluate, format_report, load
+from txwatch.evaluation import evaluate, format_report, load, operating_point
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +50,32 @@ def test_ceilings_bound_the_amount_and_are_exact_where_they_can_be(scored):
     assert np.isfinite(list(c.values())).all()
     assert "amount_oracle_compromised  AP" in format_report(res)
     assert "ceilings" not in evaluate(str(tx), str(scores), *window)
+
+
+@pytest.mark.parametrize("rate", [0.5, 1.0, 10.0])
+def test_the_operating_point_is_the_lowest_cut_within_the_legitimate_rate(scored, rate):
+    tx, scores = scored
+    d = load(str(tx), str(scores), date(2018, 8, 8), date(2018, 8, 14))
+    op = operating_point(d, d.score, rate)
+    legit = d.score[d.fraud == 0]
+    allowed = rate * len(legit) / 1000.0
+    n_legit = int((legit > op["threshold"]).sum())
+    assert n_legit <= allowed  # never above the rate
+    # and no lower cut stays within it: the next legitimate score down would exceed it
+    assert int((legit >= op["threshold"]).sum()) > allowed
+    assert op["legit_alerts_per_1000"] == pytest.approx(1000.0 * n_legit / len(legit))
+    for s, r in op["scenarios"].items():
+        assert r == pytest.approx(float((d.score[d.scenario == int(s)] > op["threshold"]).mean()))
+    # the raw amount finds scenario 1 (amounts above 220) and little of scenario 2
+    assert op["scenarios"]["1"] > op["scenarios"]["2"]
+
+
+def test_evaluate_reports_the_operating_point(scored):
+    tx, scores = scored
+    res = evaluate(str(tx), str(scores), date(2018, 8, 8), date(2018, 8, 14),
+                   legit_per_1000=2.0)
+    op = res["operating_point"]
+    assert op["legit_per_1000_allowed"] == 2.0 and op["legit_alerts_per_1000"] <= 2.0
+    text = format_report(res)
+    assert "at most 2 legitimate alerts per 1,000" in text
+    assert f"at the operating point {op['scenarios']['1']:.3f}" in text

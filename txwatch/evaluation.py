@@ -7,7 +7,12 @@
 * Card Precision@100: each day, the 100 cards with the highest (max) score; the share of them
   that had fraud that day; averaged over days;
 * recall per fraud scenario at the alert decision and in the top 1 % of scores, and the alert
-  rate; the same figures for each model component.
+  rate; the same figures for each model component;
+* the **operating point** at a rate of legitimate alerts (1 per 1,000 by default, the rate the
+  issue's per-scenario targets allow): the recall per scenario of the score alone, alerting
+  everything above the highest threshold that keeps legitimate alerts at that rate. It is
+  chosen knowing the labels, so it measures the ranking, apart from the decision's thresholds
+  and budgets (:func:`operating_point`).
 """
 
 from __future__ import annotations
@@ -185,11 +190,39 @@ def figures(d: EvalData, score: np.ndarray, alert: np.ndarray | None) -> dict[st
     return res
 
 
+def operating_point(d: EvalData, score: np.ndarray, legit_per_1000: float) -> dict[str, Any]:
+    """Recall per scenario when alerting every score above ``threshold``, the lowest cut that
+    alerts at most ``legit_per_1000`` of every 1,000 legitimate transactions (ties at the cut
+    are not alerted, so the rate is never exceeded).
+
+    >>> d = EvalData([], np.array(["u"] * 6), np.zeros(6), np.array([0, 0, 0, 0, 1, 1]),
+    ...              np.array([0, 0, 0, 0, 6, 4]), np.zeros(6), np.zeros(6, dtype=bool))
+    >>> op = operating_point(d, np.array([1.0, 2.0, 3.0, 5.0, 4.0, 9.0]), 250.0)
+    >>> op["threshold"], op["legit_alerts_per_1000"], op["scenarios"]
+    (3.0, 250.0, {'4': 1.0, '6': 1.0})
+    """
+    legit = np.sort(score[d.fraud == 0])[::-1]
+    k = int(legit_per_1000 * len(legit) / 1000.0 + 1e-9)  # legitimate alerts allowed
+    thr = float(legit[k]) if k < len(legit) else float("-inf")
+    alert = score > thr
+    res: dict[str, Any] = {
+        "legit_per_1000_allowed": legit_per_1000,
+        "threshold": thr,
+        "legit_alerts_per_1000": float(1000 * alert[d.fraud == 0].mean()) if len(legit) else 0.0,
+        "alerts_per_1000": float(1000 * alert.mean()) if len(alert) else 0.0,
+        "scenarios": {str(s): float(alert[d.scenario == s].mean())
+                      for s in sorted(set(d.scenario.tolist()) - {0})},
+    }
+    return res
+
+
 def evaluate(tx_path: str, scores_path: str, start: date = date(2018, 8, 8),
              end: date = date(2018, 8, 14), delay_days: int = 7,
-             plots_dir: str | None = None, with_ceilings: bool = False) -> dict[str, Any]:
+             plots_dir: str | None = None, with_ceilings: bool = False,
+             legit_per_1000: float = 1.0) -> dict[str, Any]:
     d = load(tx_path, scores_path, start, end, delay_days)
     res = {"window": f"{start}..{end}", **figures(d, d.score, d.alert)}
+    res["operating_point"] = operating_point(d, d.score, legit_per_1000)
     res["components"] = {k: figures(d, v, None) for k, v in sorted(d.components.items())}
     if with_ceilings:
         res["ceilings"] = ceilings(tx_path, d)
@@ -319,9 +352,16 @@ def format_report(res: dict[str, Any]) -> str:
     out.append(f"alerts: {res.get('alerts_per_1000', 0):.2f} per 1,000 transactions "
                f"({res.get('alerts_per_1000_legit', 0):.2f} per 1,000 legitimate), "
                f"precision {res.get('alert_precision', 0):.3f}")
+    op = res.get("operating_point")
     for s, r in res.get("scenarios", {}).items():
         out.append(f"  scenario {s}: n={r['n']:<5} recall at alert {r.get('recall_alert', 0):.3f}"
-                   f"  in top 1% {r['recall_top1pct']:.3f}")
+                   f"  in top 1% {r['recall_top1pct']:.3f}"
+                   + (f"  at the operating point {op['scenarios'][s]:.3f}" if op else ""))
+    if op:
+        out.append(f"operating point (the score alone, at most {op['legit_per_1000_allowed']:g} "
+                   "legitimate alerts per 1,000, its threshold chosen knowing the labels): "
+                   f"above {op['threshold']:.2f}, {op['legit_alerts_per_1000']:.2f} legitimate "
+                   f"and {op['alerts_per_1000']:.2f} in all per 1,000")
     for k, r in res.get("components", {}).items():
         out.append(line(k, r))
     if res.get("ceilings"):

@@ -17,6 +17,16 @@ def _date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date: {text!r} (expected YYYY-MM-DD)") from e
 
 
+def _rate(text: str) -> float:
+    try:
+        r = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from e
+    if not 0.0 <= r <= 1000.0:
+        raise argparse.ArgumentTypeError("must be within [0, 1000]")
+    return r
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.end < args.start:
         print(f"txwatch evaluate: --end {args.end} is before --start {args.start}",
@@ -24,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         res = evaluate(args.input, args.scores, args.start, args.end, args.delay_days,
-                       args.plots, args.ceilings)
+                       args.plots, args.ceilings, args.legit_rate)
     except (OSError, EvalInputError) as e:
         print(f"txwatch evaluate: {e}", file=sys.stderr)
         return 2
@@ -58,5 +68,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="also the AP of orderings that know the ground truth (simulated data "
                    "of the handbook's design): a perfect label-free ordering, the amount over "
                    "each customer's true mean, and the same knowing the compromised cards")
+    p.add_argument("--legit-rate", type=_rate, default=1.0, metavar="R",
+                   help="the operating point: recall per scenario of the score alone at the "
+                   "threshold that alerts at most R of every 1,000 legitimate transactions, "
+                   "chosen knowing the labels (it measures the ranking apart from the "
+                   "decision's thresholds and budgets; default 1)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=_run)
