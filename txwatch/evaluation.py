@@ -10,7 +10,7 @@
   rate; the same figures for each model component;
 * the **operating point** at a rate of legitimate alerts (1 per 1,000 by default, the rate the
   issue's per-scenario targets allow): the recall per scenario of the score alone, alerting
-  everything above the highest threshold that keeps legitimate alerts at that rate. It is
+  everything above the lowest cut that keeps legitimate alerts within that rate. The cut is
   chosen knowing the labels, so it measures the ranking, apart from the decision's thresholds
   and budgets (:func:`operating_point`).
 """
@@ -39,7 +39,7 @@ def _score_row(line: bytes, n: int, path: str) -> tuple[str, float, bool, dict[s
         s = json.loads(line)
         return (str(s["transaction_id"]), float(s["score"]), bool(s["alert"]),
                 s.get("components") or {})
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         what = f"no {e}" if isinstance(e, KeyError) else str(e)[:80]
         raise EvalInputError(
             f"{path}, line {n}: not a line written by txwatch replay ({what})") from e
@@ -205,7 +205,7 @@ def operating_point(d: EvalData, score: np.ndarray, legit_per_1000: float) -> di
     k = int(legit_per_1000 * len(legit) / 1000.0 + 1e-9)  # legitimate alerts allowed
     thr = float(legit[k]) if k < len(legit) else float("-inf")
     alert = score > thr
-    res: dict[str, Any] = {
+    return {
         "legit_per_1000_allowed": legit_per_1000,
         "threshold": thr,
         "legit_alerts_per_1000": float(1000 * alert[d.fraud == 0].mean()) if len(legit) else 0.0,
@@ -213,7 +213,6 @@ def operating_point(d: EvalData, score: np.ndarray, legit_per_1000: float) -> di
         "scenarios": {str(s): float(alert[d.scenario == s].mean())
                       for s in sorted(set(d.scenario.tolist()) - {0})},
     }
-    return res
 
 
 def evaluate(tx_path: str, scores_path: str, start: date = date(2018, 8, 8),
