@@ -211,9 +211,35 @@ class _ReplayPartition(StatefulSourcePartition[Any, tuple[int, float]]):
         self.eof = False
         self.pos = 0  # byte offset of the next line (kept, not asked: tell() is a syscall)
         if resume is not None:
+            if label_delay is not None:
+                self._requeue_labels(path, resume[0])
             self.f.seek(resume[0])
             self.pos = resume[0]
             self.max_ts = resume[1]
+
+    def _requeue_labels(self, path: str, end: int) -> None:
+        """The labels still waiting at a snapshot are not in it (a week of labels would make
+        every snapshot megabytes): they are queued again by reading the file up to the
+        snapshot's offset, released as the first pass released them, nothing emitted."""
+        now = time.time()
+        with open(path, "rb") as f:
+            pos = 0
+            while pos < end:
+                raw = f.readline()
+                if not raw:
+                    break
+                pos += len(raw)
+                raw = raw.rstrip(b"\r\n")
+                if not raw.strip():
+                    continue
+                try:
+                    obj = self.parser.load(raw)
+                    t = self.parser.from_object(obj, now)
+                except InvalidMessage:
+                    continue
+                while self.labels and self.labels[0][0] <= t.ts_seconds:
+                    heapq.heappop(self.labels)
+                self._label_for(obj, t)
 
     def next_batch(self) -> list[Any]:
         if self.eof:
@@ -278,7 +304,9 @@ class ReplaySource(FixedPartitionedSource[Any, tuple[int, float]]):
 
     With ``label_delay`` (seconds), every transaction is labelled from the file's
     ``is_fraud`` and the label enters the flow ``label_delay`` after the transaction, through
-    the same label path as the Kafka ``labels`` topic.
+    the same label path as the Kafka ``labels`` topic. Its snapshot is the byte offset of the
+    next line and the latest event time; a resumed partition queues the labels still waiting
+    again by reading the file up to that offset.
     """
 
     def __init__(self, path: str, settings: Settings, label_delay: float | None = None,

@@ -1,4 +1,5 @@
-"""The replay's file source: byte offsets of dead letters and of its snapshot."""
+"""The replay's file source: byte offsets of dead letters and of its snapshot, and the labels
+waiting at a snapshot."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 from pathlib import Path
 
 from dataflow.sources import ReplaySource
-from operators.records import DeadLetter, Txn
+from operators.records import DeadLetter, Label, Txn
 from txwatch.settings import Settings
 
 
@@ -39,3 +40,37 @@ def test_offsets_and_resume_follow_the_bytes_of_the_file(tmp_path: Path) -> None
     assert [d.offset for d in rest if isinstance(d, DeadLetter)] == [starts[5]]
     assert again.snapshot()[0] == len(path.read_bytes())
     again.close()
+
+
+def test_a_resumed_replay_emits_the_labels_that_were_waiting_at_the_snapshot(
+        tmp_path: Path) -> None:
+    # labels wait in the source (a day after their transaction here) and are not in its
+    # snapshot: a replay resumed from it emits exactly what one uninterrupted replay emits
+    def line(i: int) -> bytes:
+        return json.dumps({"transaction_id": f"t{i}", "user_id": "u1", "amount": 12.5,
+                           "timestamp": f"2018-04-{1 + i // 3:02d}T{8 + 4 * (i % 3):02d}:00:00Z",
+                           "terminal_id": "T1", "is_fraud": int(i % 4 == 1)}).encode() + b"\n"
+
+    path = tmp_path / "tx.jsonl"
+    path.write_bytes(b"".join(line(i) for i in range(12)) + b"{not json\n")
+    src = ReplaySource(str(path), Settings(replay=True), label_delay=86_400.0, batch=5)
+
+    def emitted(part, out):
+        while True:
+            try:
+                batch = part.next_batch()
+            except StopIteration:
+                return out
+            out += [(type(x).__name__, x.transaction_id) for x in batch
+                    if isinstance(x, Txn | Label)]
+
+    whole = emitted(src.build_part("input", "replay", None), [])
+    first = src.build_part("input", "replay", None)
+    head = [(type(x).__name__, x.transaction_id) for x in first.next_batch()
+            if isinstance(x, Txn | Label)]
+    snap = first.snapshot()
+    first.close()
+    assert first.labels  # some labels were waiting when the snapshot was taken
+    resumed = emitted(src.build_part("input", "replay", snap), head)
+    assert resumed == whole
+    assert sum(k == "Label" for k, _ in whole) == 12  # every transaction labelled, once
