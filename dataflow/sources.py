@@ -196,6 +196,10 @@ class ControlSource(_ParsingKafkaSource):
 
 
 # --------------------------------------------------------------------------------------------
+_BLANK = object()
+"""A blank line of a replayed file (skipped)."""
+
+
 class _ReplayPartition(StatefulSourcePartition[Any, tuple[int, float]]):
     def __init__(self, path: str, settings: Settings, label_delay: float | None,
                  resume: tuple[int, float] | None, batch: int, progress: Any) -> None:
@@ -212,31 +216,41 @@ class _ReplayPartition(StatefulSourcePartition[Any, tuple[int, float]]):
         self.pos = 0  # byte offset of the next line (kept, not asked: tell() is a syscall)
         if resume is not None:
             if label_delay is not None:
-                self._requeue_labels(path, resume[0])
+                self._requeue_labels(resume[0])
             self.f.seek(resume[0])
             self.pos = resume[0]
             self.max_ts = resume[1]
+            self.line = 0
 
-    def _requeue_labels(self, path: str, end: int) -> None:
+    def _read_line(self, now: float) -> Any:
+        """The next line: ``(its object, its Txn)``, a :class:`DeadLetter`, :data:`_BLANK`,
+        or ``None`` at the end of the file."""
+        pos = self.pos
+        raw = self.f.readline()
+        if not raw:
+            return None
+        self.pos = pos + len(raw)
+        self.line += 1
+        raw = raw.rstrip(b"\r\n")
+        if not raw.strip():
+            return _BLANK
+        try:
+            obj = self.parser.load(raw)
+            return obj, self.parser.from_object(obj, now)
+        except InvalidMessage as e:
+            return _dead(raw, str(e), "file", 0, pos)
+
+    def _requeue_labels(self, end: int) -> None:
         """The labels still waiting at a snapshot are not in it (a week of labels would make
         every snapshot megabytes): they are queued again by reading the file up to the
         snapshot's offset, released as the first pass released them, nothing emitted."""
         now = time.time()
-        with open(path, "rb") as f:
-            pos = 0
-            while pos < end:
-                raw = f.readline()
-                if not raw:
-                    break
-                pos += len(raw)
-                raw = raw.rstrip(b"\r\n")
-                if not raw.strip():
-                    continue
-                try:
-                    obj = self.parser.load(raw)
-                    t = self.parser.from_object(obj, now)
-                except InvalidMessage:
-                    continue
+        while self.pos < end:
+            r = self._read_line(now)
+            if r is None:
+                break
+            if type(r) is tuple:
+                obj, t = r
                 while self.labels and self.labels[0][0] <= t.ts_seconds:
                     heapq.heappop(self.labels)
                 self._label_for(obj, t)
@@ -248,24 +262,17 @@ class _ReplayPartition(StatefulSourcePartition[Any, tuple[int, float]]):
         m = get_metrics()
         now = time.time()
         for _ in range(self.batch):
-            pos = self.pos
-            raw = self.f.readline()
-            if not raw:
+            r = self._read_line(now)
+            if r is None:
                 self.eof = True
                 break
-            self.pos = pos + len(raw)
-            self.line += 1
-            raw = raw.rstrip(b"\r\n")
-            if not raw.strip():
+            if type(r) is not tuple:
+                if r is not _BLANK:
+                    child(m.invalid, "transactions").inc()
+                    child(m.consumed, "invalid").inc()
+                    out.append(r)
                 continue
-            try:
-                obj = self.parser.load(raw)
-                t = self.parser.from_object(obj, now)
-            except InvalidMessage as e:
-                child(m.invalid, "transactions").inc()
-                child(m.consumed, "invalid").inc()
-                out.append(_dead(raw, str(e), "file", 0, pos))
-                continue
+            obj, t = r
             ts = t.ts_seconds
             # labels whose time has come go out before the transaction that passes them
             while self.labels and self.labels[0][0] <= ts:
