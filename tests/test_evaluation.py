@@ -79,3 +79,68 @@ def test_evaluate_reports_the_operating_point(scored):
     text = format_report(res)
     assert "at most 2 legitimate alerts per 1,000" in text
     assert f"at the operating point {op['scenarios']['1']:.3f}" in text
+
+
+@pytest.fixture(scope="module")
+def sprees(tmp_path_factory) -> tuple[Path, Path]:
+    """Simulated transactions with sprees (scenario 6); the scores are the raw amounts, with
+    two components: the amount and its negative."""
+    from producer.config import Spree
+
+    d = tmp_path_factory.mktemp("spree")
+    tx, scores = d / "tx.jsonl", d / "s.jsonl"
+    cfg = SimConfig(n_customers=400, n_terminals=800, n_days=40, seed=5,
+                    start=date(2018, 7, 10), scenarios=frozenset({6}),
+                    spree=Spree(per_1000_customers=5.0))
+    with tx.open("w") as f, scores.open("w") as s:
+        for r in iter_transactions(cfg):
+            f.write(json.dumps(r) + "\n")
+            s.write(json.dumps({"transaction_id": r["transaction_id"], "user_id": r["user_id"],
+                                "timestamp": r["timestamp"], "score": r["amount"],
+                                "alert": False, "components": {
+                                    "amount": r["amount"], "neg": -r["amount"]}}) + "\n")
+    return tx, scores
+
+
+def test_the_spree_ceiling_finds_the_runs_the_amount_cannot(sprees, scored):
+    tx, scores = sprees
+    window = (date(2018, 8, 8), date(2018, 8, 14))
+    # (a small population: 5 legitimate alerts per 1,000 are about 28 of the week's)
+    res = evaluate(str(tx), str(scores), *window, with_ceilings=True, legit_per_1000=5.0)
+    d = load(str(tx), str(scores), *window)
+    n_spree = int((d.scenario == 6).sum())
+    assert n_spree >= 100  # about 14 sprees of 8-20 purchases
+    ceiling = res["spree_ceiling"]["pace_oracle"]
+    # a spree's amounts are the customer's own, its rate is what gives it away: the pace of
+    # its runs finds most of it, the amount (this file's score) little
+    assert 0.6 <= ceiling <= 1.0
+    assert res["operating_point"]["scenarios"]["6"] < 0.3 < ceiling
+    # a run's first purchase has nothing behind it: at most one fewer per spree can be found
+    sprees_in_window = len({u for u, s in zip(d.users, d.scenario, strict=True) if s == 6})
+    assert ceiling <= 1.0 - sprees_in_window / n_spree / 2
+    # more legitimate alerts allowed, never less of the spree
+    for fewer, more in ((1.0, 5.0), (5.0, 20.0)):
+        assert (evaluate(str(tx), str(scores), *window, with_ceilings=True,
+                         legit_per_1000=fewer)["spree_ceiling"]["pace_oracle"]
+                <= evaluate(str(tx), str(scores), *window, with_ceilings=True,
+                            legit_per_1000=more)["spree_ceiling"]["pace_oracle"])
+    assert "the pace of its runs against each customer's true rate" in format_report(res)
+    # no spree in the window, no spree ceiling
+    assert "spree_ceiling" not in evaluate(str(scored[0]), str(scored[1]), *window,
+                                           with_ceilings=True)
+
+
+def test_each_component_has_its_operating_point(sprees):
+    tx, scores = sprees
+    window = (date(2018, 8, 8), date(2018, 8, 14))
+    res = evaluate(str(tx), str(scores), *window)
+    d = load(str(tx), str(scores), *window)
+    comps = res["components"]
+    assert comps["amount"]["operating_point"] == operating_point(d, d.score, 1.0)
+    # the negative amount ranks the other way round: the smallest amounts alerted first
+    neg = comps["neg"]["operating_point"]
+    assert neg["threshold"] == pytest.approx(-np.sort(d.score[d.fraud == 0])[
+        int(len(d.score[d.fraud == 0]) / 1000)])
+    text = format_report(res)
+    assert f"6 {comps['amount']['operating_point']['scenarios']['6']:.3f}" in text
+    assert text.count("at its operating point") == 2

@@ -12,12 +12,16 @@
   issue's per-scenario targets allow): the recall per scenario of the score alone, alerting
   everything above the lowest cut that keeps legitimate alerts within that rate. The cut is
   chosen knowing the labels, so it measures the ranking, apart from the decision's thresholds
-  and budgets (:func:`operating_point`).
+  and budgets (:func:`operating_point`);
+* with ``--ceilings``, what orderings that know the ground truth reach: the AP of label-free
+  oracles (:func:`ceilings`) and the spree's recall at the operating point of the pace of its
+  runs judged against each customer's true rate (:func:`spree_pace_oracle`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -223,8 +227,13 @@ def evaluate(tx_path: str, scores_path: str, start: date = date(2018, 8, 8),
     res = {"window": f"{start}..{end}", **figures(d, d.score, d.alert)}
     res["operating_point"] = operating_point(d, d.score, legit_per_1000)
     res["components"] = {k: figures(d, v, None) for k, v in sorted(d.components.items())}
+    for k, v in d.components.items():
+        res["components"][k]["operating_point"] = operating_point(d, v, legit_per_1000)
     if with_ceilings:
         res["ceilings"] = ceilings(tx_path, d)
+        spree = spree_pace_oracle(tx_path, d, legit_per_1000)
+        if spree is not None:
+            res["spree_ceiling"] = {"pace_oracle": spree, "legit_per_1000": legit_per_1000}
     if plots_dir:
         res["plots"] = plots(d, plots_dir)
     return res
@@ -301,6 +310,110 @@ def ceilings(tx_path: str, d: EvalData) -> dict[str, float]:
     }
 
 
+SPREE = 6
+"""The simulator's scenario 6, the spending spree: only its rate gives it away."""
+PACE_SECS = 4 * 3600
+"""How far back a run is looked for (the flow's ``operators.user.PACE_SECS``)."""
+_PROFILE_BINS = 96  # 15 minutes
+
+
+def spree_pace_oracle(tx_path: str, d: EvalData, legit_per_1000: float) -> float | None:
+    """The spree's recall at the operating point (``legit_per_1000``) of an ordering that
+    knows each customer's true daily rate: ``None`` when the window has no spree.
+
+    Each evaluated transaction scores ``-log p``, where ``p`` is the smallest, over the ``j``
+    transactions of the customer before it within :data:`PACE_SECS`, of the chance that a
+    Poisson stream at the customer's true rate (their legitimate transactions over the days
+    the file covers) puts ``j`` transactions within the span back to the ``j``-th, at the
+    time of day the span covers (the hour profile of every legitimate transaction in the
+    file). A spree uses the customer's own terminals at the customer's own amounts, so the
+    pace of its runs is its evidence; the flow estimates the rate from the last 30 days and
+    spreads it over the day flatly (``operators.user.pace``). The legitimate alerts all go to
+    the spree here: a detector that also alerts other scenarios has fewer left for it.
+
+    The first purchase of a run has no run behind it and is never found; the later ones of a
+    fast run at a quiet hour are:
+
+    >>> from types import SimpleNamespace as NS
+    >>> import tempfile, os
+    >>> rows = [("u%d" % u, day * DAY + 43200 + 600 * u, 0, 0)  # one purchase a day each
+    ...         for day in range(17750, 17760) for u in range(20)]
+    >>> rows += [("u0", 17758 * DAY + 7200 + 300 * k, 1, SPREE) for k in range(4)]  # 2 a.m.
+    >>> path = os.path.join(tempfile.mkdtemp(), "tx.jsonl")
+    >>> with open(path, "w") as f:
+    ...     for i, (u, ts, fr, sc) in enumerate(rows):
+    ...         _ = f.write(json.dumps({"transaction_id": f"t{i}", "user_id": u, "timestamp":
+    ...             datetime.fromtimestamp(ts, UTC).isoformat(), "is_fraud": fr,
+    ...             "fraud_scenario": sc}) + "\\n")
+    >>> ids = [f"t{i}" for i in range(len(rows))]
+    >>> d = NS(ids=ids, fraud=np.array([r[2] for r in rows]),
+    ...        scenario=np.array([r[3] for r in rows]))
+    >>> spree_pace_oracle(path, d, 1.0)  # 3 of the spree's 4 purchases
+    0.75
+    """
+    from operators.user import poisson_tail
+
+    if not (d.scenario == SPREE).any():
+        return None
+    times: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    legit: dict[str, int] = defaultdict(int)
+    profile = np.zeros(_PROFILE_BINS)
+    lo = hi = None
+    with open(tx_path, "rb") as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+                ts = datetime.fromisoformat(r["timestamp"]).timestamp()
+                user, tid = r["user_id"], r["transaction_id"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            times[user].append((ts, tid))
+            day = int(ts // DAY)
+            lo = day if lo is None else min(lo, day)
+            hi = day if hi is None else max(hi, day)
+            if not int(r.get("is_fraud", 0) or 0):
+                legit[user] += 1
+                profile[int(ts % DAY) * _PROFILE_BINS // DAY] += 1
+    days = (hi - lo + 1) if lo is not None else 1
+    # the share of a day's transactions before each bin edge (linear within a bin)
+    cum = np.concatenate([[0.0], np.cumsum(profile + 1e-6)])
+    cum /= cum[-1]
+
+    def share_before(sod: float) -> float:
+        b = sod * _PROFILE_BINS / DAY
+        i = min(int(b), _PROFILE_BINS - 1)
+        return float(cum[i] + (cum[i + 1] - cum[i]) * (b - i))
+
+    def share(sod: float, span: float) -> float:  # of the span ending at second of day sod
+        start = sod - span
+        if start >= 0.0:
+            return share_before(sod) - share_before(start)
+        return share_before(sod) + 1.0 - share_before(start + DAY)  # across midnight
+
+    where: dict[str, tuple[str, list[tuple[float, str]], int]] = {}
+    for user, ts_ids in times.items():
+        ts_ids.sort()
+        for k, (_, tid) in enumerate(ts_ids):
+            where[tid] = (user, ts_ids, k)
+    score = np.zeros(len(d.ids))
+    for i, tid in enumerate(d.ids):
+        got = where.get(tid)
+        if got is None:
+            continue
+        user, ts_ids, k = got
+        ts = ts_ids[k][0]
+        per_day = max(legit[user], 1) / days
+        sod = ts % DAY
+        best = 1.0
+        for j in range(1, k + 1):
+            span = ts - ts_ids[k - j][0]
+            if span > PACE_SECS:
+                break
+            best = min(best, poisson_tail(j, per_day * share(sod, max(span, 60.0))))
+        score[i] = -math.log(max(best, 1e-300))
+    return operating_point(d, score, legit_per_1000)["scenarios"].get(str(SPREE))
+
+
 def plots(d: EvalData, out_dir: str) -> list[str]:
     import matplotlib
 
@@ -362,11 +475,18 @@ def format_report(res: dict[str, Any]) -> str:
                    f"above {op['threshold']:.2f}, {op['legit_alerts_per_1000']:.2f} legitimate "
                    f"and {op['alerts_per_1000']:.2f} in all per 1,000")
     for k, r in res.get("components", {}).items():
-        out.append(line(k, r))
+        cop = r.get("operating_point", {}).get("scenarios")
+        out.append(line(k, r) + ("  at its operating point: " + ", ".join(
+            f"{s} {v:.3f}" for s, v in cop.items()) if cop else ""))
     if res.get("ceilings"):
         out.append("ceilings (orderings that know what no detector knows; see "
                    "txwatch.evaluation.ceilings):")
         out.extend(f"  {k:<26} AP {v:.3f}" for k, v in res["ceilings"].items())
+    if res.get("spree_ceiling"):
+        sc = res["spree_ceiling"]
+        out.append(f"  spree recall at {sc['legit_per_1000']:g} legitimate alerts per 1,000, "
+                   f"the pace of its runs against each customer's true rate "
+                   f"(txwatch.evaluation.spree_pace_oracle): {sc['pace_oracle']:.3f}")
     return "\n".join(out)
 
 

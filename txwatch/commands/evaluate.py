@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Join a replay's scores with the transactions' ground truth and print "
         "ROC-AUC, Average Precision, Card Precision@100 (the handbook's protocol: test week, "
         "known-compromised cards removed), recall per fraud scenario at the alert decision "
-        "and in the top 1%, the alert rate, and the same for each model component.",
+        "and in the top 1%, the alert rate, the operating point (--legit-rate), and the same "
+        "for each model component.",
     )
     p.add_argument("--input", required=True, help="the transactions file given to replay")
     p.add_argument("--scores", required=True, help="the scores file written by replay")
@@ -65,9 +66,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="days after which a fraud makes its card known (7)")
     p.add_argument("--plots", default=None, help="directory for the PR curve and histogram")
     p.add_argument("--ceilings", action="store_true",
-                   help="also the AP of orderings that know the ground truth (simulated data "
-                   "of the handbook's design): a perfect label-free ordering, the amount over "
-                   "each customer's true mean, and the same knowing the compromised cards")
+                   help="also what orderings that know the ground truth reach (simulated "
+                   "data of the handbook's design): the AP of a perfect label-free ordering, "
+                   "of the amount over each customer's true mean, and of the same knowing the "
+                   "compromised cards; and the spree's recall at the operating point of the "
+                   "pace of its runs against each customer's true rate")
     p.add_argument("--legit-rate", type=_rate, default=1.0, metavar="R",
                    help="the operating point: recall per scenario of the score alone at the "
                    "threshold that alerts at most R of every 1,000 legitimate transactions, "
