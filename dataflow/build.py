@@ -110,9 +110,9 @@ def tune_gc(settings: Settings) -> None:
 def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     """The txwatch dataflow. With no ``io``, it reads Kafka and writes PostgreSQL and Kafka
     as configured in ``settings``."""
+    # (the Kafka and PostgreSQL connectors are imported where they are used: a flow given its
+    # sources and sinks, as `txwatch replay`'s, does not load psycopg nor confluent_kafka)
     from dataflow.sources import ControlSource, LabelSource, TransactionSource
-    from sinks.kafka import DecisionSink, dead_letter_message, decision_messages, kafka_sink
-    from sinks.postgres import AlertSink
 
     io = io or FlowIO()
     S = settings.logical_shards
@@ -144,6 +144,8 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     if io.dead_letters is not None:
         op.output("dlq", dead, io.dead_letters)
     else:
+        from sinks.kafka import dead_letter_message, kafka_sink
+
         op.output("dlq", op.map("dlq_msg", dead, dead_letter_message),
                   kafka_sink(settings, settings.dlq_topic))
 
@@ -220,6 +222,8 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     if io.alerts is not None:
         op.output("alerts_out", alerts, io.alerts)
     else:
+        from sinks.postgres import AlertSink
+
         op.output(
             "alerts_out",
             alerts,  # rows are made in the sink, per batch
@@ -230,6 +234,8 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
         op.output("decisions_out", op.flat_map_batch("decisions_rm", decisions, _values),
                   io.decisions)
     elif settings.publish_decisions:
+        from sinks.kafka import DecisionSink, decision_messages
+
         msgs = op.flat_map_batch("decision_msg", decisions, decision_messages)
         op.output("decisions_out", msgs,
                   DecisionSink(settings, settings.decisions_topic, u_keys))

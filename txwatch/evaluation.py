@@ -494,8 +494,4 @@ def _date(day: int) -> date:
     return datetime.fromtimestamp(day * DAY, tz=UTC).date()
 
 
-def parse_date(s: str) -> date:
-    return datetime.strptime(s, "%Y-%m-%d").replace(tzinfo=UTC).date()
-
-
-__all__ = ["EvalInputError", "evaluate", "format_report", "parse_date", "timedelta"]
+__all__ = ["EvalInputError", "evaluate", "format_report", "timedelta"]

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import date
+from datetime import UTC, date, datetime
 
-from txwatch.evaluation import EvalInputError, evaluate, format_report, parse_date
+# (txwatch.evaluation, with numpy, is imported when the command runs: building the parser
+# for ``txwatch --help`` stays cheap)
 
 
 def _date(text: str) -> date:
     try:
-        return parse_date(text)
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).date()
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"not a date: {text!r} (expected YYYY-MM-DD)") from e
 
@@ -32,6 +33,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"txwatch evaluate: --end {args.end} is before --start {args.start}",
               file=sys.stderr)
         return 2
+    from txwatch.evaluation import EvalInputError, evaluate, format_report
+
     try:
         res = evaluate(args.input, args.scores, args.start, args.end, args.delay_days,
                        args.plots, args.ceilings, args.legit_rate)

@@ -7,8 +7,6 @@ import ipaddress
 import logging
 import sys
 
-from psycopg.rows import dict_row
-
 from txwatch.settings import Settings, get_settings
 
 MIN_TOKEN_LENGTH = 16
@@ -95,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
 def schema_problem(dsn: str) -> str | None:
     """Why the database cannot serve the review application, or None."""
     import psycopg
+    from psycopg.rows import dict_row
 
     from txwatch.web.app import SchemaMissing, check_schema
 
