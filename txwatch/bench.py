@@ -997,6 +997,18 @@ def _span_days(u: Any) -> float:
     return float((u.last_ts - u.first_ts) / 86_400.0) if u.n else 0.0
 
 
+def interpreter() -> str:
+    """Which Python runs the bench: its version and the executable behind the venv's link
+    (how the interpreter was built changes every figure by a fifth; docs/benchmarks.md).
+
+    >>> interpreter().startswith("Python 3.")
+    True
+    """
+    import platform
+
+    return f"Python {platform.python_version()} ({os.path.realpath(sys.executable)})"
+
+
 # --------------------------------------------------------------------------------------------
 def run_bench(opts: BenchOptions, log: Log) -> dict[str, Any]:
     """Run every section asked for; returns the figures (numbers only)."""
@@ -1004,7 +1016,7 @@ def run_bench(opts: BenchOptions, log: Log) -> dict[str, Any]:
                            "load_avg_start": os.getloadavg()[0]}
     t0 = time.monotonic()
     log(f"txwatch bench: model {model_version()}, {os.cpu_count()} CPUs, load average "
-        f"{out['load_avg_start']:.1f}")
+        f"{out['load_avg_start']:.1f}, {interpreter()}")
     if opts.throughput or opts.latency_rate > 0:
         with Bench(opts, log) as b:
             if opts.throughput:
