@@ -312,8 +312,6 @@ def ceilings(tx_path: str, d: EvalData) -> dict[str, float]:
 
 SPREE = 6
 """The simulator's scenario 6, the spending spree: only its rate gives it away."""
-PACE_SECS = 4 * 3600
-"""How far back a run is looked for (the flow's ``operators.user.PACE_SECS``)."""
 _PROFILE_BINS = 96  # 15 minutes
 
 
@@ -322,14 +320,15 @@ def spree_pace_oracle(tx_path: str, d: EvalData, legit_per_1000: float) -> float
     knows each customer's true daily rate: ``None`` when the window has no spree.
 
     Each evaluated transaction scores ``-log p``, where ``p`` is the smallest, over the ``j``
-    transactions of the customer before it within :data:`PACE_SECS`, of the chance that a
-    Poisson stream at the customer's true rate (their legitimate transactions over the days
-    the file covers) puts ``j`` transactions within the span back to the ``j``-th, at the
-    time of day the span covers (the hour profile of every legitimate transaction in the
-    file). A spree uses the customer's own terminals at the customer's own amounts, so the
-    pace of its runs is its evidence; the flow estimates the rate from the last 30 days and
-    spreads it over the day flatly (``operators.user.pace``). The legitimate alerts all go to
-    the spree here: a detector that also alerts other scenarios has fewer left for it.
+    transactions of the customer before it within the flow's ``PACE_SECS`` (4 hours, all of
+    them: the flow takes at most 16), of the chance that a Poisson stream at the customer's
+    true rate (their legitimate transactions over the days the file covers) puts ``j``
+    transactions within the span back to the ``j``-th, at the time of day the span covers
+    (the hour profile of every legitimate transaction in the file). A spree uses the
+    customer's own terminals at the customer's own amounts, so the pace of its runs is its
+    evidence; the flow estimates the rate from the last 30 days and spreads it over the day
+    flatly (``operators.user.pace``). The legitimate alerts all go to the spree here: a
+    detector that also alerts other scenarios has fewer left for it.
 
     The first purchase of a run has no run behind it and is never found; the later ones of a
     fast run at a quiet hour are:
@@ -351,7 +350,7 @@ def spree_pace_oracle(tx_path: str, d: EvalData, legit_per_1000: float) -> float
     >>> spree_pace_oracle(path, d, 1.0)  # 3 of the spree's 4 purchases
     0.75
     """
-    from operators.user import poisson_tail
+    from operators.user import PACE_SECS, poisson_tail
 
     if not (d.scenario == SPREE).any():
         return None
