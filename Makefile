@@ -25,10 +25,11 @@ $(BIN)/.installed: pyproject.toml
 	TXWATCH_PURE_PYTHON=1 $(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
-# The per-event modules compiled by mypyc (operators/native.py lists them), rebuilt beside
-# their sources whenever an operator changes; txwatch runs them as plain Python without it.
+# The per-event modules compiled by mypyc and the C extensions (operators/native.py lists
+# them), rebuilt beside their sources whenever an operator changes; txwatch runs them as plain
+# Python without it.
 # (extensions of earlier builds go first: one of a module no longer compiled would shadow it)
-$(BIN)/.native: $(BIN)/.installed setup.py $(wildcard operators/*.py operators/models/*.py)
+$(BIN)/.native: $(BIN)/.installed setup.py $(wildcard operators/*.py operators/models/*.py operators/models/*.c)
 	rm -f operators/*.so operators/models/*.so
 	$(BIN)/python setup.py -q build_ext --inplace >/dev/null
 	@touch $@

@@ -1,14 +1,15 @@
-"""Which modules of the per-event path run compiled (mypyc), and whether they are current.
+"""Which modules of the per-event path run compiled, and whether they are current.
 
-``setup.py`` compiles the modules of :data:`COMPILED` into C extensions placed beside their
-sources (``make native`` rebuilds them after an edit), and records the SHA-256 of each
-source it compiled in ``native-build.json`` beside this file. Python imports an extension
+``setup.py`` compiles the modules of :data:`COMPILED` with mypyc and builds the hand-written C
+of :data:`EXTENSIONS`, into extensions placed beside their sources (``make native`` rebuilds
+them after an edit), and records the SHA-256 of each source it compiled in
+``native-build.json`` beside this file. Python imports an extension
 before a source of the same name, so an extension built from another version of its source
 would run stale code: :func:`stale` names them, the test suite refuses to start with any,
 and the worker logs them at start.
 
->>> from operators.native import COMPILED, status
->>> sorted(status()) == sorted(COMPILED)
+>>> from operators.native import BUILT, status
+>>> sorted(status()) == sorted(BUILT)
 True
 """
 
@@ -29,6 +30,14 @@ COMPILED = (
 )
 """The modules compiled by mypyc, in build order (plain imports: no package state here)."""
 
+EXTENSIONS = {"operators.models._hstroute": "operators/models/_hstroute.c"}
+"""Extensions written in C, by module, with their source: what no compiler of Python makes
+fast enough (each says why at its top). Each has a pure-Python path beside it that gives the
+same results, used when it is not built."""
+
+BUILT = (*COMPILED, *EXTENSIONS)
+"""Every module the build makes an extension of."""
+
 
 MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native-build.json")
 """``{module: sha256 of the source compiled}``, written by ``setup.py`` at each build."""
@@ -39,9 +48,14 @@ def source_hash(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def _source(module: str) -> str:
+    """The source file an extension of ``module`` is built from (relative to the root)."""
+    return EXTENSIONS.get(module) or os.path.join(*module.split(".")) + ".py"
+
+
 def write_manifest(root: str) -> None:
     """Record the sources being compiled (``setup.py`` calls it before compiling)."""
-    hashes = {m: source_hash(os.path.join(root, *m.split(".")) + ".py") for m in COMPILED}
+    hashes = {m: source_hash(os.path.join(root, _source(m))) for m in BUILT}
     with open(MANIFEST, "w") as f:
         json.dump(hashes, f, indent=1, sort_keys=True)
 
@@ -49,16 +63,16 @@ def write_manifest(root: str) -> None:
 def _paths(module: str) -> tuple[str | None, str]:
     spec = importlib.util.find_spec(module)
     origin = spec.origin if spec is not None else None
-    base = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        *module.split("."))
-    return origin, base + ".py"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return origin, os.path.join(root, _source(module))
 
 
 def status() -> dict[str, str]:
-    """``{module: "compiled" | "python" | "stale"}`` for every module of :data:`COMPILED`."""
+    """``{module: "compiled" | "python" | "stale"}`` for every module of :data:`BUILT`
+    ("python": not built, its Python runs, or the pure-Python path beside a C extension)."""
     out: dict[str, str] = {}
     built: dict[str, str] | None = None
-    for module in COMPILED:
+    for module in BUILT:
         origin, source = _paths(module)
         if origin is None or origin.endswith(".py"):
             out[module] = "python"
@@ -87,7 +101,7 @@ def orphans() -> list[str]:
             for suffix in importlib.machinery.EXTENSION_SUFFIXES:
                 if name.endswith(suffix):
                     module = ".".join([*pkg.split(os.sep), name[: -len(suffix)]])
-                    if module not in COMPILED and not name.startswith("_native__"):
+                    if module not in BUILT and not name.startswith("_native__"):
                         found.append(module)
                     break
     return found

@@ -1,7 +1,8 @@
 """The compiled hot path (mypyc, ``operators.native``) decides exactly as the plain Python.
 
 ``make test`` sets ``TXWATCH_REQUIRE_NATIVE=1``: there, every module of ``COMPILED`` must be
-the compiled one, so these comparisons are between two different implementations.
+the compiled one, and every C extension of ``EXTENSIONS`` built, so these comparisons are
+between two different implementations.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from operators.native import COMPILED, copy_plain, stale, status, summary
+from operators.native import BUILT, copy_plain, stale, status, summary
 from producer.simulator import SimConfig, iter_transactions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,14 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_module_is_compiled_when_required():
     st = status()
-    assert set(st) == set(COMPILED)
+    assert set(st) == set(BUILT)
     assert not stale(), "conftest refuses stale modules before any test runs"
     if os.environ.get("TXWATCH_REQUIRE_NATIVE") == "1":
-        assert st == dict.fromkeys(COMPILED, "compiled"), st
+        assert st == dict.fromkeys(BUILT, "compiled"), st
         assert summary() == "compiled"
+        import operators.models.hst
         import operators.user
 
         assert not operators.user.__file__.endswith(".py")
+        assert operators.models.hst._Router is not None
 
 
 @pytest.fixture(scope="module")
