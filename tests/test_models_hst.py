@@ -400,3 +400,16 @@ def test_the_routing_refuses_what_the_generated_python_refuses() -> None:
         with pytest.raises(OverflowError):
             fn(x, arr)
     assert own == py and max(own) == 255
+
+
+def test_the_routing_bench_compares_c_with_the_generated_python() -> None:
+    from operators.models.bench import bench_routing
+
+    line = bench_routing(3, 2, n=300)
+    assert line.startswith("HST routing trees=3 height=2:")
+    if hst._Router is not None:  # built (as under `make test`): both, side by side
+        c_us, py_us = (float(line.split(k)[1].split(" us")[0]) for k in (" C ", "Python "))
+        ratio = float(line.rsplit(", ", 1)[1].removesuffix("x"))
+        assert c_us > 0 and py_us > 0 and ratio > 0
+    else:
+        assert "C not built" in line

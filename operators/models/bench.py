@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from operators.models import hst
 from operators.models.hst import HSTStructure
 from operators.models.iforest import OnlineIsolationForest
 from operators.models.quantile import HistogramQuantile, P2Quantile
@@ -55,6 +56,30 @@ def bench_hst(n_trees: int, height: int, window_size: int, n: int = 20_000) -> s
         f"HST trees={n_trees} height={height} window={window_size}: "
         f"{len(pickle.dumps(m))} B pickled, {mem} B in memory, {us:.1f} us score+learn"
     )
+
+
+def bench_routing(n_trees: int, height: int, n: int = 20_000) -> str:
+    """The trees' routing (``score_leaves``: the leaves, the sum of their scores) in C and in
+    the Python generated for the structure, side by side on the same stream and masses."""
+    limits = {f"f{i:02d}": (0.0, 1.0) for i in range(N_FEATURES)}
+    st = HSTStructure(limits, n_trees=n_trees, height=height, window_size=64, seed=1)
+    xs = _stream(n)
+    m = st.new_masses()
+    for x in xs[:256]:
+        st.learn(m, x)
+    py = hst._compile(st)[3]
+    own = hst._router(st)
+    head = f"HST routing trees={n_trees} height={height}:"
+    if own is None:
+        return f"{head} Python {_best_us(lambda: _route_all(py, xs, m.s), n):.2f} us (C not built)"
+    c_us = _best_us(lambda: _route_all(own.score_leaves, xs, m.s), n)
+    py_us = _best_us(lambda: _route_all(py, xs, m.s), n)
+    return f"{head} C {c_us:.2f} us, Python {py_us:.2f} us, {py_us / c_us:.1f}x"
+
+
+def _route_all(fn: Callable[..., object], xs: list[dict[str, float]], s: object) -> None:
+    for x in xs:
+        fn(x, s)
 
 
 def bench_iforest(
@@ -132,6 +157,8 @@ def main() -> None:
     for t, h in ((10, 3), (15, 4), (25, 3)):
         for w in (64, 250):
             print(bench_hst(t, h, w), flush=True)
+    for t, h in ((10, 4), (25, 6)):  # the detector's: each user's trees, the population's
+        print(bench_routing(t, h), flush=True)
     for d in (15, 8):
         for dtype in ("float32", "float16"):
             print(bench_iforest(d, 64, 16, dtype), flush=True)
