@@ -6,9 +6,9 @@
  * (hst.py explains the layout); no library routes a point through such trees. The pure
  * Python path (code generated for the structure: nested `if` on float constants) stays, and
  * runs when this extension is not built. Both give the same leaves and the same integer
- * sums, so the same scores bit for bit (tests/test_models_hst.py checks them side by side);
- * here it is about six times faster, and it is on every event's path twice (the user's trees
- * and the population's).
+ * sums, so the same scores bit for bit (tests/test_models_hst.py checks them side by side).
+ * Here it is two to three and a half times faster (python -m operators.models.bench), and it
+ * is on every event's path twice: the user's trees and the population's.
  *
  * A Router holds, per tree and internal node in heap order, the index of the node's feature
  * in `names` and its threshold. A point goes left when `x[name] < threshold`, as in Python:
