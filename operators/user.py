@@ -30,6 +30,9 @@ RING = 32
 """Amounts kept for the robust statistics (median, MAD, percentile)."""
 RECENT_MAX = 64
 """Most transactions kept for the 1-hour and 1-day windows."""
+REC = 5
+"""Values per transaction in ``UserState.recent``: ``ts, amount, km from home, card not
+present, learnt`` (see ``UserState.__init__``)."""
 DAYS = 30
 """Day buckets kept for the 7- and 30-day windows: ``UserState.days`` is a ring of
 ``(day, count, sum)`` triples in one ``array('d')``, slot ``day % DAYS`` (720 bytes, where a
@@ -99,7 +102,6 @@ _FIELDS = (
     "n_channel",
     "n_cnp",
     "n_new_terminal",
-    "past_days",
     "prev_travel",
     "recent",
     "score_q",
@@ -107,11 +109,23 @@ _FIELDS = (
 )
 """UserState's slots, in snapshot order (a compiled class has no ``__slots__`` to read)."""
 
+_CACHE = ("win_c30", "win_c7", "win_day", "win_s30", "win_s7")
+"""UserState's slots that are not snapshotted: the 7- and 30-day sums of the days before
+``win_day``, recomputed from ``days`` when they are needed and missing."""
+
+_NO_DAY = -(2**60)
+"""``win_day`` when nothing is cached (no event time is that day)."""
+
+_FIELDS_9 = (*_FIELDS[:_FIELDS.index("prev_travel")], "past_days",
+             *_FIELDS[_FIELDS.index("prev_travel"):])
+"""The snapshot order of state versions 7 to 9 (and of 5 and 6, less three fields): the
+window cache was a ``past_days`` tuple, kept, and ``recent`` a list of tuples."""
+
 
 class UserState:
     """Everything txwatch remembers about one user (models' state included by the scorer)."""
 
-    __slots__ = _FIELDS
+    __slots__ = (*_FIELDS, *_CACHE)
 
     def __init__(self) -> None:
         self.n = 0
@@ -119,7 +133,8 @@ class UserState:
         self.n_new_terminal = 0
         self.n_channel = 0  # transactions with a channel, and those card-not-present
         self.n_cnp = 0
-        self.past_days: tuple[int, float, float, float, float] | None = None  # window cache
+        self.win_day = _NO_DAY  # window cache (_CACHE)
+        self.win_c7 = self.win_s7 = self.win_c30 = self.win_s30 = 0.0
         self.dist_mean = 0.0
         self.first_ts = 0.0
         self.last_ts = 0.0
@@ -128,10 +143,11 @@ class UserState:
         self.amt_mean = 0.0
         self.amt_m2 = 0.0
         self.amounts = array("f")  # ring of the last RING amounts
-        # (ts, amount, km from home, card not present 1.0 / present 0.0, learnt) of the last
-        # 24 h, -1.0 for what is unknown; learnt is False for a flagged one, kept out of the
-        # baselines (a bool: one byte pickled, no object)
-        self.recent: list[tuple[float, float, float, float, bool]] = []
+        # ts, amount, km from home, card not present 1.0 / present 0.0, learnt 1.0 / 0.0 of
+        # each transaction of the last 24 h (REC values each, one flat array: no object per
+        # transaction), -1.0 for what is unknown; learnt is 0.0 for a flagged one, kept out of
+        # the baselines
+        self.recent = array("d")
         self.days = _new_days()  # ring of (day, count, sum), the last DAYS days
         self.seen = [0, 0, 0, 0]  # Bloom sets: terminal, merchant, category, country
         self.home: tuple[float, float, float] | None = None  # (lat, lon, weight)
@@ -149,19 +165,19 @@ class UserState:
         return tuple(getattr(self, s) for s in _FIELDS)
 
     def __setstate__(self, st: tuple[Any, ...]) -> None:
-        if len(st) == len(_FIELDS) - 3:  # state versions 5 and 6: no distances nor channels
+        if len(st) == len(_FIELDS_9) - 3:  # state versions 5 and 6: no distances nor channels
             st = _add_fields(st, {"dists": array("H", bytes(2 * (len(DIST_EDGES) + 1))),
-                                  "n_channel": 0, "n_cnp": 0})
+                                  "n_channel": 0, "n_cnp": 0}, _FIELDS_9)
+        if len(st) == len(_FIELDS_9):  # versions 5 to 9: recent as tuples, a window cache
+            old = dict(zip(_FIELDS_9, st, strict=True))
+            old["recent"] = _recent_from_tuples(old["recent"])
+            if isinstance(old["days"], dict):
+                old["days"] = _days_from_dict(old["days"])  # state version 5: {day: [n, sum]}
+            st = tuple(old[s] for s in _FIELDS)
         for s, v in zip(_FIELDS, st, strict=True):
-            if s == "days" and isinstance(v, dict):
-                v = _days_from_dict(v)  # state version 5: {day: [count, sum]}
-            # (older versions did not keep whether a recent transaction was learnt: as most
-            # are, it counts as learnt)
-            elif s == "recent" and v and len(v[0]) == 2:
-                v = [(t, a, -1.0, -1.0, True) for t, a in v]  # versions 5 and 6: (ts, amount)
-            elif s == "recent" and v and len(v[0]) == 4:
-                v = [(*r, True) for r in v]  # version 7
             setattr(self, s, v)
+        self.win_day = _NO_DAY
+        self.win_c7 = self.win_s7 = self.win_c30 = self.win_s30 = 0.0
 
     # --- features ---------------------------------------------------------------------------
     def features(
@@ -194,7 +210,13 @@ class UserState:
         run_bins: list[int] = []
         run_k = run_cnp = 0
         spans: list[float] = []  # seconds back to each transaction of the last PACE_SECS
-        for t, a, dk, cnp, learnt in self.recent:
+        rec = self.recent
+        for j in range(0, len(rec), REC):
+            t: float = rec[j]
+            a: float = rec[j + 1]
+            dk: float = rec[j + 2]
+            cnp: float = rec[j + 3]
+            learnt = rec[j + 4] > 0.0
             dt = ts - t
             if dt < DAY:
                 c1d += 1
@@ -222,8 +244,7 @@ class UserState:
                         if dt < 600.0:
                             c10m += 1
         today = int(ts // DAY)
-        past = self.past_days
-        if past is None or past[0] != today:
+        if self.win_day != today:
             c7 = s7 = c30 = s30 = 0.0
             days = self.days
             for d in range(today - 29, today):  # oldest first: the sums add in day order
@@ -234,11 +255,13 @@ class UserState:
                     if today - d < 7:
                         c7 += days[i + 1]
                         s7 += days[i + 2]
-            past = self.past_days = (today, c7, s7, c30, s30)
+            self.win_day = today
+            self.win_c7, self.win_s7, self.win_c30, self.win_s30 = c7, s7, c30, s30
         i = 3 * (today % DAYS)
         days = self.days
         cc, cs = (days[i + 1], days[i + 2]) if days[i] == today else (0.0, 0.0)
-        c7, s7, c30, s30 = past[1] + cc, past[2] + cs, past[3] + cc, past[4] + cs
+        c7, s7 = self.win_c7 + cc, self.win_s7 + cs
+        c30, s30 = self.win_c30 + cc, self.win_s30 + cs
         f["u_cnt_10m"] = c10m
         f["u_cnt_1h"], f["u_sum_1h"] = c1h, s1h
         f["u_cnt_3h"] = c3h
@@ -384,8 +407,12 @@ class UserState:
                 ring[self.n_amounts % RING] = amount
         recent = self.recent
         # drop what is a day old (nothing is when the oldest is not: the test is exact)
-        if recent and (ts - recent[0][0] >= DAY or ts - min(recent)[0] >= DAY):
-            recent = self.recent = [r for r in recent if ts - r[0] < DAY]
+        if recent and (ts - recent[0] >= DAY or ts - min(recent[::REC]) >= DAY):
+            kept = array("d")
+            for j in range(0, len(recent), REC):
+                if ts - recent[j] < DAY:
+                    kept.extend(recent[j:j + REC])
+            recent = self.recent = kept
         dk = -1.0  # km from home, unknown without a location or a home
         home = self.home
         if lat is not None and lon is not None and home is not None:
@@ -396,12 +423,12 @@ class UserState:
             if not protect:  # (a flagged one does not teach the user's share)
                 self.n_channel += 1
                 self.n_cnp += cnp > 0.0
-        recent.append((ts, amount, dk, cnp, not protect))
-        if len(recent) > RECENT_MAX:
-            del recent[:-RECENT_MAX]
+        recent.extend((ts, amount, dk, cnp, 0.0 if protect else 1.0))
+        if len(recent) > REC * RECENT_MAX:
+            del recent[:-REC * RECENT_MAX]
         day = int(ts // DAY)
-        if self.past_days is not None and day < self.past_days[0]:
-            self.past_days = None
+        if day < self.win_day:  # (a late one: the days before the cached day change)
+            self.win_day = _NO_DAY
         days = self.days
         i = 3 * (day % DAYS)
         if days[i] == day:
@@ -636,10 +663,32 @@ def _cnp_p(n_cnp: int, n_channel: int, m: int, k: int) -> float:
     return min(1.0, sum(math.comb(k, i) * q ** i * (1.0 - q) ** (k - i) for i in range(m, k + 1)))
 
 
-def _add_fields(st: tuple[Any, ...], new: dict[str, Any]) -> tuple[Any, ...]:
-    """An older snapshot's tuple with the fields it lacks (``new``) at their places."""
+def _recent_from_tuples(v: list[tuple[Any, ...]]) -> array:
+    """``recent`` of state versions 5 to 9, a list of tuples, as one flat array: ``(ts, amount,
+    km, card not present, learnt)`` up to version 9, ``(ts, amount, km, card not present)`` in
+    7 and ``(ts, amount)`` in 5 and 6 (older versions did not keep whether a transaction was
+    learnt: as most are, it counts as learnt).
+
+    >>> list(_recent_from_tuples([(60.0, 9.5), (70.0, 3.0, 2.5, 1.0, False)]))
+    [60.0, 9.5, -1.0, -1.0, 1.0, 70.0, 3.0, 2.5, 1.0, 0.0]
+    """
+    out = array("d")
+    for r in v:
+        if len(r) == 2:
+            out.extend((r[0], r[1], -1.0, -1.0, 1.0))
+        elif len(r) == 4:
+            out.extend((r[0], r[1], r[2], r[3], 1.0))
+        else:
+            out.extend((r[0], r[1], r[2], r[3], 1.0 if r[4] else 0.0))
+    return out
+
+
+def _add_fields(st: tuple[Any, ...], new: dict[str, Any],
+                fields: tuple[str, ...]) -> tuple[Any, ...]:
+    """An older snapshot's tuple with the fields it lacks (``new``) at their places in
+    ``fields``."""
     out = list(st)
-    for i, name in enumerate(_FIELDS):
+    for i, name in enumerate(fields):
         if name in new:
             out.insert(i, new[name])
     return tuple(out)

@@ -27,7 +27,7 @@ from dataflow.build import stage_config
 from operators.records import Txn
 from operators.stages import StageConfig, UserStage
 from operators.terminal import HORIZON_DAYS, TerminalState
-from operators.user import DAYS, RECENT_MAX, RING, UserState
+from operators.user import DAYS, REC, RECENT_MAX, RING, UserState
 from txwatch.bench import drive_user
 from txwatch.metrics import get_metrics
 from txwatch.settings import Settings
@@ -99,7 +99,8 @@ def test_user_state_does_not_grow_with_history(detector, per_day):
         # a little slack: a bucket more or less, a float in a bigger bin
         assert snap <= first[0] * 1.05 + 64, (day, sizes)
         assert heap <= first[1] * 1.05 + 256, (day, sizes)
-    assert len(u.days) == 3 * DAYS and len(u.recent) <= RECENT_MAX and len(u.amounts) == RING
+    assert len(u.days) == 3 * DAYS and len(u.amounts) == RING
+    assert 0 < len(u.recent) <= REC * RECENT_MAX and len(u.recent) % REC == 0
     live = [u.days[j] for j in range(0, 3 * DAYS, 3) if u.days[j] >= 0]
     assert max(live) - min(live) < DAYS  # only the days of the windows are kept
 
