@@ -53,8 +53,8 @@ buckets are a ring in one array (``operators.user.DAYS``); 7: a user's histogram
 from home, counts of channels, and the distance and channel of each recent transaction (model
 txw-1.4); 8: whether each recent transaction was learnt (model txw-1.6); 9: where the alert
 budgets counted each transaction that waits for its label (model txw-1.9); 10: a user's
-recent transactions in one flat array, the window cache no longer snapshotted (the same
-model)."""
+recent transactions in one flat array, home and the last location as plain fields, the window
+cache no longer snapshotted (the same model)."""
 
 READABLE = (5, 6, 7, 8, 9, STATE_VERSION)
 """Snapshot versions this release restores: 5 to 9 are migrated as they are read (a user's

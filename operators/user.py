@@ -90,9 +90,13 @@ _FIELDS = (
     "dists",
     "far_since",
     "first_ts",
-    "home",
+    "has_loc",
+    "home_lat",
+    "home_lon",
+    "home_w",
     "hours",
-    "last_loc",
+    "last_lat",
+    "last_lon",
     "last_ts",
     "log_m2",
     "log_mean",
@@ -116,10 +120,15 @@ _CACHE = ("win_c30", "win_c7", "win_day", "win_s30", "win_s7")
 _NO_DAY = -(2**60)
 """``win_day`` when nothing is cached (no event time is that day)."""
 
-_FIELDS_9 = (*_FIELDS[:_FIELDS.index("prev_travel")], "past_days",
-             *_FIELDS[_FIELDS.index("prev_travel"):])
-"""The snapshot order of state versions 7 to 9 (and of 5 and 6, less three fields): the
-window cache was a ``past_days`` tuple, kept, and ``recent`` a list of tuples."""
+_FIELDS_9 = (
+    "abroad_trip", "amounts", "amt_m2", "amt_mean", "days", "dist_mean", "dists", "far_since",
+    "first_ts", "home", "hours", "last_loc", "last_ts", "log_m2", "log_mean", "model", "n",
+    "n_amounts", "n_channel", "n_cnp", "n_new_terminal", "past_days", "prev_travel", "recent",
+    "score_q", "seen",
+)
+"""The snapshot order of state versions 7 to 9 (and of 5 and 6, less three fields): ``home``
+was a ``(lat, lon, weight)`` tuple and ``last_loc`` a ``(lat, lon)`` one (or ``None``), the
+window cache a ``past_days`` tuple, kept, and ``recent`` a list of tuples."""
 
 
 class UserState:
@@ -150,8 +159,11 @@ class UserState:
         self.recent = array("d")
         self.days = _new_days()  # ring of (day, count, sum), the last DAYS days
         self.seen = [0, 0, 0, 0]  # Bloom sets: terminal, merchant, category, country
-        self.home: tuple[float, float, float] | None = None  # (lat, lon, weight)
-        self.last_loc: tuple[float, float] | None = None
+        # home: the running mean location of local transactions, home_w its weight (0.0 until
+        # the user has a location; at least 1.0 after)
+        self.home_lat = self.home_lon = self.home_w = 0.0
+        self.last_lat = self.last_lon = 0.0  # the latest location, when has_loc
+        self.has_loc = False
         self.far_since = 0.0  # event time since when every transaction was far from home
         self.prev_travel = 0.0  # travel score of the previous transaction if it was flagged
         self.abroad_trip = False  # on a trip far from home that looked like a takeover
@@ -171,6 +183,10 @@ class UserState:
         if len(st) == len(_FIELDS_9):  # versions 5 to 9: recent as tuples, a window cache
             old = dict(zip(_FIELDS_9, st, strict=True))
             old["recent"] = _recent_from_tuples(old["recent"])
+            home, last = old["home"], old["last_loc"]
+            old["home_lat"], old["home_lon"], old["home_w"] = home or (0.0, 0.0, 0.0)
+            old["last_lat"], old["last_lon"] = last or (0.0, 0.0)
+            old["has_loc"] = last is not None
             if isinstance(old["days"], dict):
                 old["days"] = _days_from_dict(old["days"])  # state version 5: {day: [n, sum]}
             st = tuple(old[s] for s in _FIELDS)
@@ -326,15 +342,15 @@ class UserState:
         # location and travel
         dist = speed = hop = 0.0
         if lat is not None and lon is not None:
-            if self.home is not None:
-                dist = haversine_km(lat, lon, self.home[0], self.home[1])
-            if self.last_loc is not None and n:
-                hop = haversine_km(lat, lon, self.last_loc[0], self.last_loc[1])
+            if self.home_w > 0.0:
+                dist = haversine_km(lat, lon, self.home_lat, self.home_lon)
+            if self.has_loc and n:
+                hop = haversine_km(lat, lon, self.last_lat, self.last_lon)
                 took = max((ts - self.last_ts) / HOUR, 1.0 / 60)  # at least a minute
                 speed = hop / took
         f["dist_home_km"] = dist
         # how unusual this distance from home is for the user (trips are judged by travel)
-        if self.home is not None and dist <= HOME_RADIUS_KM:
+        if self.home_w > 0.0 and dist <= HOME_RADIUS_KM:
             dists = self.dists
             if run_bins:
                 dists = array("H", dists)
@@ -414,9 +430,9 @@ class UserState:
                     kept.extend(recent[j:j + REC])
             recent = self.recent = kept
         dk = -1.0  # km from home, unknown without a location or a home
-        home = self.home
-        if lat is not None and lon is not None and home is not None:
-            dk = dist_home if dist_home is not None else haversine_km(lat, lon, home[0], home[1])
+        if lat is not None and lon is not None and self.home_w > 0.0:
+            dk = (dist_home if dist_home is not None
+                  else haversine_km(lat, lon, self.home_lat, self.home_lon))
         cnp = -1.0
         if channel:
             cnp = 1.0 if _is_cnp(channel) else 0.0
@@ -455,27 +471,28 @@ class UserState:
         if country:
             seen[3] |= _bits(country, 4)
         if lat is not None and lon is not None:
-            if self.home is None:
-                self.home = (lat, lon, 1.0)
+            if self.home_w <= 0.0:
+                self.home_lat, self.home_lon, self.home_w = lat, lon, 1.0
             else:
                 d = dk  # (measured above, for the recent list)
                 if not protect:  # typical distance from home (running mean, then slow)
                     self.dist_mean += (d - self.dist_mean) / min(self.n, 50)
-                hl, ho, w = self.home
+                hl, ho, w = self.home_lat, self.home_lon, self.home_w
                 if d <= HOME_RADIUS_KM or w < 3.0:
                     # a local transaction: running mean, then a slow moving average. Far ones
                     # (a trip, a takeover) never drag home towards them (a mean of Brussels
                     # and Mexico City is in the Atlantic)...
                     w2 = min(w + 1.0, 50.0)
-                    self.home = (hl + (lat - hl) / w2, ho + (lon - ho) / w2, w2)
+                    self.home_lat, self.home_lon = hl + (lat - hl) / w2, ho + (lon - ho) / w2
+                    self.home_w = w2
                     self.far_since = 0.0
                 elif not self.far_since:
                     self.far_since = ts
                 elif ts - self.far_since > RELOCATE_DAYS * DAY:
                     # ...unless the user has lived there for a month: they moved
-                    self.home = (lat, lon, 1.0)
+                    self.home_lat, self.home_lon, self.home_w = lat, lon, 1.0
                     self.far_since = 0.0
-            self.last_loc = (lat, lon)
+            self.last_lat, self.last_lon, self.has_loc = lat, lon, True
             if dk >= 0.0 and not protect:
                 dists = self.dists
                 b = bisect_right(DIST_EDGES, dk)

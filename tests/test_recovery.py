@@ -188,10 +188,11 @@ def test_an_older_snapshot_is_migrated_and_scores_as_before(old: int):
     had no histogram of distances from home nor counts of channels, and kept ``(ts, amount)``
     as recent transactions; version 7 kept ``(ts, amount, km, card not present)``, not whether
     each was learnt; up to 8, what waits for a label did not say where the budgets counted it;
-    up to 9, the recent transactions were a list of tuples and the window cache was kept.
-    This release reads them into its layout and goes on exactly as from its own snapshot (the
-    transactions here carry no location and no channel, and none is flagged: there is nothing
-    to lose); a fraud label for what an older release kept leaves the budgets as they are."""
+    up to 9, the recent transactions, home and the last location were tuples and the window
+    cache was kept. This release reads them into its layout and goes on exactly as from its
+    own snapshot (the transactions here carry no channel, a location only for 8 and 9, and
+    none is flagged: there is nothing to lose); a fraud label for what an older release kept
+    leaves the budgets as they are up to 8, and takes itself back out of them from 9 on."""
     from datetime import UTC, datetime, timedelta
 
     from operators.parse import TxnParser
@@ -203,9 +204,11 @@ def test_an_older_snapshot_is_migrated_and_scores_as_before(old: int):
 
     def txn(i: int, user: str) -> Txn:
         ts = t0 + timedelta(hours=7 * i)  # four a day or so, over 40 days
-        return parser.parse(json.dumps({
-            "transaction_id": f"{user}-{i}", "user_id": user, "amount": 10 + (i * 13) % 70,
-            "timestamp": ts.isoformat(), "terminal_id": f"T{i % 4}"}).encode())
+        msg = {"transaction_id": f"{user}-{i}", "user_id": user, "amount": 10 + (i * 13) % 70,
+               "timestamp": ts.isoformat(), "terminal_id": f"T{i % 4}"}
+        if old >= 8:  # (8 and 9 kept what a location teaches: home, distances, last location)
+            msg.update(lat=50.85 + (i % 7) * 0.01, lon=4.35 - (i % 3) * 0.02)
+        return parser.parse(json.dumps(msg).encode())
 
     from operators.detector import make_detector_factory
 
@@ -221,19 +224,22 @@ def test_an_older_snapshot_is_migrated_and_scores_as_before(old: int):
 
     def layout_9(u: UserState) -> list[Any]:
         """The user as version 9 pickled it: recent as ``(ts, amount, km, card not present,
-        learnt)`` tuples, and the window cache (here empty, as the first event of a day
-        leaves it after a restore)."""
+        learnt)`` tuples, home and the last location as tuples, and the window cache (here
+        empty, as the first event of a day leaves it after a restore)."""
         now = dict(zip(_FIELDS, u.__getstate__(), strict=True))
         r = now["recent"]
         now["recent"] = [(r[j], r[j + 1], r[j + 2], r[j + 3], r[j + 4] > 0.0)
                          for j in range(0, len(r), REC)]
+        now["home"] = ((now["home_lat"], now["home_lon"], now["home_w"]) if now["home_w"]
+                       else None)
+        now["last_loc"] = (now["last_lat"], now["last_lon"]) if now["has_loc"] else None
         now["past_days"] = None
         return [now[f] for f in _FIELDS_9]
 
     class OldUser:  # pickles as a UserState of state version `old`
         def __init__(self, u: UserState) -> None:
             st = layout_9(u)
-            assert st[at["recent"]] and len(st) == len(_FIELDS) + 1
+            assert st[at["recent"]] and len(st) == len(_FIELDS_9)
             if old >= 8:
                 self.st = tuple(st)
                 return
