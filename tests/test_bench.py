@@ -182,3 +182,21 @@ def test_replay_bench_refuses_a_missing_file(tmp_path):
                           str(tmp_path / "none.jsonl"), "--no-throughput", "--users"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 2 and "no such file" in res.stderr
+
+
+def test_a_replays_peak_memory_is_its_own_not_the_benchs(tmp_path):
+    """The bench measures the users' state (up to a million users, gigabytes) before the
+    replays; each replay's peak RSS must be its own process's, not its parent's."""
+    from txwatch.bench import sim_lines
+    from txwatch.bench_replay import peak_rss_bytes, run_one
+
+    data = tmp_path / "tx.jsonl"
+    data.write_bytes(b"".join(line + b"\n" for _key, line in sim_lines(1_000, customers=50,
+                                                                       terminals=100)))
+    ballast = bytearray(1536 * 2**20)
+    for i in range(0, len(ballast), 4096):  # resident in this process
+        ballast[i] = 1
+    assert peak_rss_bytes() > 1536 * 2**20
+    r = run_one(data, tmp_path / "scores.jsonl", "nolabels")
+    assert 30 * 2**20 < r["max_rss_bytes"] < 1024 * 2**20
+    del ballast

@@ -402,6 +402,22 @@ def test_the_routing_refuses_what_the_generated_python_refuses() -> None:
     assert own == py and max(own) == 255
 
 
+def test_a_router_that_was_not_built_refuses_instead_of_crashing() -> None:
+    if hst._Router is None:  # not built: the structure routes in Python, nothing to refuse
+        assert hst._router(HSTStructure(LIMITS, seed=1)) is None
+        return
+    blank = hst._Router.__new__(hst._Router)
+    with pytest.raises(RuntimeError, match="not initialised"):
+        blank.score({"f0": 1.0}, array("H", bytes(64)))
+    with pytest.raises(RuntimeError, match="not initialised"):
+        blank.add(array("B", bytes(8)), (1,))
+    r = hst._Router(("f0",), [[0]], [[0.5]])
+    with pytest.raises(ValueError):
+        r.__init__(("f0",), [[3]], [[0.5]])  # a feature index out of range: refused, and
+    with pytest.raises(RuntimeError, match="not initialised"):
+        r.score({"f0": 1.0}, array("H", bytes(4)))  # the router is left refusing
+
+
 def test_the_routing_bench_compares_c_with_the_generated_python() -> None:
     from operators.models.bench import bench_routing
 

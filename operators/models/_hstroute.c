@@ -90,6 +90,7 @@ static int Router_init(Router *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "each tree needs 2**height - 1 nodes, height 1 to 20");
         goto fail;
     }
+    Py_CLEAR(self->names); /* (until the end: a failed init leaves a Router that refuses) */
     PyMem_Free(self->feat);
     PyMem_Free(self->thr);
     self->feat = PyMem_Malloc(sizeof(int) * n_trees * n_internal);
@@ -258,7 +259,14 @@ over:
 /* What each method does with the leaves: add their scores, count them, list them. */
 enum { DO_SCORE = 1, DO_LEARN = 2, DO_LEAVES = 4 };
 
+static int ready(Router *self) {
+    if (self->names != NULL) return 1;
+    PyErr_SetString(PyExc_RuntimeError, "Router not initialised");
+    return 0;
+}
+
 static PyObject *run(Router *self, PyObject *x, PyObject *l, PyObject *s, int what) {
+    if (!ready(self)) return NULL;
     Value vals[MAX_NAMES];
     Py_ssize_t n_names = PyTuple_GET_SIZE(self->names);
     if (load(self, x, vals) < 0) {
@@ -337,6 +345,7 @@ static PyObject *Router_score_leaves(Router *self, PyObject *const *args, Py_ssi
 /* add(l, leaves): l[k] += 1 for each k of leaves (what score_leaves returned), in order. */
 static PyObject *Router_add(Router *self, PyObject *const *args, Py_ssize_t n) {
     if (n != 2) return PyErr_Format(PyExc_TypeError, "add(l, leaves) takes 2 arguments");
+    if (!ready(self)) return NULL;
     PyObject *seq = PySequence_Fast(args[1], "leaves: a sequence of ints");
     if (seq == NULL) return NULL;
     Py_buffer lv;
