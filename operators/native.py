@@ -3,10 +3,10 @@
 ``setup.py`` compiles the modules of :data:`COMPILED` with mypyc and builds the hand-written C
 of :data:`EXTENSIONS`, into extensions placed beside their sources (``make native`` rebuilds
 them after an edit), and records the SHA-256 of each source it compiled in
-``native-build.json`` beside this file. Python imports an extension
-before a source of the same name, so an extension built from another version of its source
-would run stale code: :func:`stale` names them, the test suite refuses to start with any,
-and the worker logs them at start.
+``native-build.json`` beside this file. Python imports an extension before a source of the
+same name, so an extension built from another version of its source would run stale code:
+:func:`stale` names them, the test suite refuses to start with any, and the worker logs
+them at start.
 
 >>> from operators.native import BUILT, status
 >>> sorted(status()) == sorted(BUILT)
