@@ -202,7 +202,9 @@ _BLANK = object()
 
 class _ReplayPartition(StatefulSourcePartition[Any, tuple[int, float]]):
     def __init__(self, path: str, settings: Settings, label_delay: float | None,
-                 resume: tuple[int, float] | None, batch: int, progress: Any) -> None:
+                 resume: tuple[int, float] | None, batch: int, progress: Any,
+                 owner: ReplaySource | None = None) -> None:
+        self.owner = owner
         self.f = open(path, "rb")  # noqa: SIM115 - closed in close()
         self.parser = TxnParser(settings)
         self.label_delay = label_delay
@@ -211,6 +213,7 @@ class _ReplayPartition(StatefulSourcePartition[Any, tuple[int, float]]):
         self.lateness = settings.lateness_seconds
         self.max_ts = float("-inf")
         self.labels: list[tuple[float, str, Label]] = []
+        self.not_due = 0  # labels still waiting at the end of the file (not emitted)
         self.line = 0
         self.eof = False
         self.pos = 0  # byte offset of the next line (kept, not asked: tell() is a syscall)
@@ -283,8 +286,17 @@ class _ReplayPartition(StatefulSourcePartition[Any, tuple[int, float]]):
             if self.label_delay is not None:
                 self._label_for(obj, t)
         if self.eof:
-            while self.labels:
-                out.append(heapq.heappop(self.labels)[2])
+            # the replayed stream's event time ends at its latest transaction: a label is
+            # applied once event time passes its label time (as in the Kafka flow), so the
+            # labels due by then go out and the later ones never arrive (they could change
+            # no score: counted, ReplaySource.labels_not_due)
+            labels = self.labels
+            while labels and labels[0][0] <= self.max_ts:
+                out.append(heapq.heappop(labels)[2])
+            self.not_due = len(labels)
+            labels.clear()
+            if self.owner is not None:
+                self.owner.labels_not_due += self.not_due
         out.append(Watermark("replay", self.max_ts - self.lateness, 1))
         if self.progress is not None:
             self.progress(self.line)
@@ -311,7 +323,9 @@ class ReplaySource(FixedPartitionedSource[Any, tuple[int, float]]):
 
     With ``label_delay`` (seconds), every transaction is labelled from the file's
     ``is_fraud`` and the label enters the flow ``label_delay`` after the transaction, through
-    the same label path as the Kafka ``labels`` topic. Its snapshot is the byte offset of the
+    the same label path as the Kafka ``labels`` topic, once the file's event time reaches it
+    (the labels due after the file's latest transaction never do: :attr:`labels_not_due`
+    counts them). Its snapshot is the byte offset of the
     next line and the latest event time; a resumed partition queues the labels still waiting
     again by reading the file up to that offset.
     """
@@ -323,6 +337,9 @@ class ReplaySource(FixedPartitionedSource[Any, tuple[int, float]]):
         self.label_delay = label_delay
         self.batch = batch
         self.progress = progress
+        self.labels_not_due = 0
+        """Labels due after the file's latest transaction: the replayed stream ends before
+        they would arrive, so they are not emitted (counted here at the end of the file)."""
 
     def list_parts(self) -> list[str]:
         return ["replay"]
@@ -330,4 +347,4 @@ class ReplaySource(FixedPartitionedSource[Any, tuple[int, float]]):
     def build_part(self, step_id: str, for_part: str,
                    resume_state: tuple[int, float] | None) -> _ReplayPartition:
         return _ReplayPartition(self.path, self.settings, self.label_delay, resume_state,
-                                self.batch, self.progress)
+                                self.batch, self.progress, self)

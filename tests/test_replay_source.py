@@ -73,4 +73,37 @@ def test_a_resumed_replay_emits_the_labels_that_were_waiting_at_the_snapshot(
     assert first.labels  # some labels were waiting when the snapshot was taken
     resumed = emitted(src.build_part("input", "replay", snap), head)
     assert resumed == whole
-    assert sum(k == "Label" for k, _ in whole) == 12  # every transaction labelled, once
+    # every transaction labelled, once, but the last day's: due after the file ends
+    assert sum(k == "Label" for k, _ in whole) == 9
+
+
+def test_labels_due_after_the_last_transaction_never_arrive(tmp_path: Path) -> None:
+    # the replayed stream's event time ends at its latest transaction: the labels due by then
+    # go out, each after the transaction that passes its label time; the later ones are
+    # counted, not emitted (they could change no score)
+    from txwatch.commands.replay import run_replay
+
+    stamps = ["2018-04-01T08:00:00Z", "2018-04-01T20:00:00Z", "2018-04-02T09:00:00Z",
+              "2018-04-02T09:30:00Z", "2018-04-02T10:00:00Z", "2018-04-03T07:00:00Z"]
+    path = tmp_path / "tx.jsonl"
+    path.write_bytes(b"".join(
+        json.dumps({"transaction_id": f"t{i}", "user_id": f"u{i % 2}", "amount": 10.0 + i,
+                    "timestamp": ts, "terminal_id": "T1", "is_fraud": i % 2}).encode() + b"\n"
+        for i, ts in enumerate(stamps)))
+    src = ReplaySource(str(path), Settings(replay=True), label_delay=86_400.0, batch=4)
+    part = src.build_part("input", "replay", None)
+    out: list[Txn | Label] = []
+    while True:
+        try:
+            out += [x for x in part.next_batch() if isinstance(x, Txn | Label)]
+        except StopIteration:
+            break
+    # due: t0 (04-02 08:00) before t2, t1 (04-02 20:00) before t5; t2..t5 are due after t5
+    assert [(type(x).__name__, x.transaction_id) for x in out] == [
+        ("Txn", "t0"), ("Txn", "t1"), ("Label", "t0"), ("Txn", "t2"), ("Txn", "t3"),
+        ("Txn", "t4"), ("Label", "t1"), ("Txn", "t5")]
+    assert src.labels_not_due == 4
+    r = run_replay(str(path), str(tmp_path / "s.jsonl"), label_delay=86_400.0, progress=False)
+    assert (r["lines"], r["labels_not_due"]) == (6, 4)
+    assert run_replay(str(path), str(tmp_path / "n.jsonl"), label_delay=None,
+                      progress=False)["labels_not_due"] == 0

@@ -69,9 +69,10 @@ def run_replay(
         migrate(db_url)
         alerts_sink = AlertSink(db_url, all_user_keys(s.logical_shards))
     with open(scores_path, "w") as out:
+        source = ReplaySource(input_path, s, label_delay=label_delay, batch=2000,
+                              progress=on_progress)
         io = FlowIO(
-            transactions=ReplaySource(input_path, s, label_delay=label_delay, batch=2000,
-                                      progress=on_progress),
+            transactions=source,
             use_labels=False,
             use_controls=False,
             labels_in_transactions=label_delay is not None,
@@ -96,10 +97,14 @@ def run_replay(
                 f.write(json.dumps({"payload_b64": base64.b64encode(d.payload).decode(),
                                     "reason": d.reason, "offset": d.offset}) + "\n")
     lines = state["lines"]
+    not_due = source.labels_not_due
     if progress:
+        late = (f", {not_due:,} labels due after the last transaction not replayed"
+                if not_due else "")
         print(f"\rreplay: {lines:,} lines in {elapsed:.1f} s ({lines / elapsed:,.0f}/s), "
-              f"{len(dead)} invalid", file=sys.stderr)
-    return {"lines": lines, "seconds": elapsed, "eps": lines / elapsed, "invalid": len(dead)}
+              f"{len(dead)} invalid{late}", file=sys.stderr)
+    return {"lines": lines, "seconds": elapsed, "eps": lines / elapsed, "invalid": len(dead),
+            "labels_not_due": not_due}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -148,7 +153,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--input", required=True, help="transactions, JSON lines, time-ordered")
     p.add_argument("--scores", required=True, help="where to write the scores (JSON lines)")
     p.add_argument("--label-delay", type=duration_arg, default=None,
-                   help="delay of the fraud labels: N followed by s, m, h or d (default 7d)")
+                   help="delay of the fraud labels: N followed by s, m, h or d (default 7d); "
+                   "a label due after the file's last transaction never arrives")
     p.add_argument("--no-labels", action="store_true", help="no labels reach the flow")
     p.add_argument("--dlq", help="write invalid lines here (JSON lines, with the reason)")
     p.add_argument("--db", help="also write alerts to this PostgreSQL URL")
