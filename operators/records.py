@@ -124,6 +124,26 @@ class Label(_Record):
         return self.label == "fraud"
 
 
+def label_of(t: Txn, label: LabelValue, label_time: datetime) -> Label:
+    """The label of transaction ``t`` (the replay's, made for every transaction: built as
+    :func:`_label` builds one, without the dataclass' constructor, its times taken from the
+    transaction rather than converted again).
+
+    >>> from datetime import UTC, timedelta
+    >>> t = Txn("t1", "u1", Decimal("9"), datetime(2018, 4, 1, tzinfo=UTC), "EUR", Decimal("9"))
+    >>> lb = label_of(t, "fraud", t.timestamp + timedelta(days=7))
+    >>> lb == Label("t1", "u1", None, "fraud", t.timestamp, t.timestamp + timedelta(days=7))
+    True
+    >>> lb.label_ts - lb.txn_ts
+    604800.0
+    """
+    lb = Label.__new__(Label)
+    lb.transaction_id, lb.user_id, lb.terminal_id = t.transaction_id, t.user_id, t.terminal_id
+    lb.label, lb.transaction_time, lb.label_time = label, t.timestamp, label_time
+    lb.txn_ts, lb.label_ts = t.ts_seconds, label_time.timestamp()
+    return lb
+
+
 def _label(transaction_id: str, user_id: str, terminal_id: str | None, label: LabelValue,
            transaction_time: str, label_time: str, txn_ts: float, label_ts: float) -> Label:
     """A Label from the fields :meth:`Label.__reduce__` pickles."""
