@@ -140,7 +140,10 @@ class EventTimeBuffer:
             while True:
                 a = heap[0] if heap and heap[0][0][0] <= upto else None
                 b = held[0] if held and held[0][0][0] <= held_upto else None
-                if a is not None and (b is None or _order(a) < _order(b)):
+                # (a before b in (sort key, n) order, as _order compares them: inline, this
+                # runs for every item of a batch that also releases labels)
+                if a is not None and (b is None or a[0] < b[0]
+                                      or (a[0] == b[0] and a[1] < b[1])):
                     out.append(heapq.heappop(heap))
                 elif b is not None:
                     out.append(heapq.heappop(held))
