@@ -24,8 +24,8 @@ behind the watermark is *late*: it is counted and processed at once, never dropp
 
 from __future__ import annotations
 
-import heapq
 import time
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +46,13 @@ class Watermark:
 
 
 class EventTimeBuffer:
-    """Heaps of ``(sort_key, n, arrival, item)`` released in sort-key order up to the watermark.
+    """Lists of ``(sort_key, n, arrival, item)`` released in sort-key order up to the watermark.
+
+    Each list is kept sorted (``n`` numbers the pushes, so no two entries compare equal): a
+    push appends to an unsorted tail, and the tail is sorted in before the next release. Events
+    arrive nearly in order, so the sort is close to linear, and a release takes a prefix.
+    (Hand-rolled, not a heap: a heap paid a logarithmic push and pop per event, about 0.8 µs
+    against 0.2, for the batch-sized buffers of the flow.)
 
     ``origins`` is the number of distinct origins whose watermarks bound the stage: until all
     have reported, nothing is released by watermark (only by :meth:`drain` or :meth:`expire`).
@@ -58,12 +64,17 @@ class EventTimeBuffer:
     two watermarks are equal and the release order is the plain sort-key order.
     """
 
-    __slots__ = ("_first", "_heap", "_held", "_marks", "_n", "origins", "settled", "watermark")
+    __slots__ = ("_first", "_heap", "_held", "_marks", "_n", "_new", "_new_held", "origins",
+                 "settled", "watermark")
 
     def __init__(self, origins: int) -> None:
         self.origins = origins
-        self._heap: list[tuple[SortKey, int, float, Any]] = []  # items a hold timeout releases
-        self._held: list[tuple[SortKey, int, float, Any]] = []  # items only watermarks release
+        # sorted lists: the items a hold timeout releases, and those only watermarks release,
+        # each with its unsorted tail of pushes not yet sorted in (_settle)
+        self._heap: list[tuple[SortKey, int, float, Any]] = []
+        self._held: list[tuple[SortKey, int, float, Any]] = []
+        self._new: list[tuple[SortKey, int, float, Any]] = []
+        self._new_held: list[tuple[SortKey, int, float, Any]] = []
         self._marks: dict[str, float] = {}
         self._n = 0
         self._first: float | None = None  # a lower bound of the oldest arrival in ``_heap``
@@ -71,7 +82,7 @@ class EventTimeBuffer:
         self.settled = float("-inf")
 
     def __len__(self) -> int:
-        return len(self._heap) + len(self._held)
+        return len(self._heap) + len(self._held) + len(self._new) + len(self._new_held)
 
     def is_late(self, ts: float) -> bool:
         return ts < self.watermark
@@ -84,11 +95,20 @@ class EventTimeBuffer:
         origin, and a hold timeout releases everything up to the latest event time held."""
         self._n += 1
         if arrived == NEVER_EXPIRES:
-            heapq.heappush(self._held, (key, self._n, arrived, item))
+            self._new_held.append((key, self._n, arrived, item))
             return
         if self._first is None or arrived < self._first:
             self._first = arrived
-        heapq.heappush(self._heap, (key, self._n, arrived, item))
+        self._new.append((key, self._n, arrived, item))
+
+    def _settle(self) -> None:
+        """Sort the pushes since the last release into their lists."""
+        if self._new:
+            self._heap = _sorted_union(self._heap, self._new)
+            self._new = []
+        if self._new_held:
+            self._held = _sorted_union(self._held, self._new_held)
+            self._new_held = []
 
     def advance(self, origin: str, ts: float, origins: int | None = None) -> list[Any]:
         """Record a watermark from ``origin`` and return the items it releases, in order."""
@@ -131,24 +151,17 @@ class EventTimeBuffer:
     def _pop(self, upto: float, held_upto: float) -> list[tuple[SortKey, int, float, Any]]:
         """Pop, in ``(sort key, n)`` order, the items of ``_heap`` up to ``upto`` and those of
         ``_held`` up to ``held_upto``."""
-        out = []
+        self._settle()
         heap, held = self._heap, self._held
-        if not held or held[0][0][0] > held_upto:  # the usual case: one heap
-            while heap and heap[0][0][0] <= upto:
-                out.append(heapq.heappop(heap))
-        else:
-            while True:
-                a = heap[0] if heap and heap[0][0][0] <= upto else None
-                b = held[0] if held and held[0][0][0] <= held_upto else None
-                # (a before b in (sort key, n) order, as _order compares them: inline, this
-                # runs for every item of a batch that also releases labels)
-                if a is not None and (b is None or a[0] < b[0]
-                                      or (a[0] == b[0] and a[1] < b[1])):
-                    out.append(heapq.heappop(heap))
-                elif b is not None:
-                    out.append(heapq.heappop(held))
-                else:
-                    break
+        i = bisect_right(heap, upto, key=_event_time) if heap and heap[0][0][0] <= upto else 0
+        out = heap[:i]
+        del heap[:i]
+        if held and held[0][0][0] <= held_upto:
+            j = bisect_right(held, held_upto, key=_event_time)
+            out += held[:j]
+            del held[:j]
+            if i:
+                out.sort()  # (two sorted runs: merged in one pass)
         if not heap:
             self._first = None
         return out
@@ -157,7 +170,7 @@ class EventTimeBuffer:
         """A lower bound of the wall-clock arrival of the oldest buffered item that a hold
         timeout may release: O(1), exact again after each :meth:`expire`; ``None`` if none
         (held items never wake the stage up)."""
-        return self._first if self._heap else None
+        return self._first if self._heap or self._new else None
 
     def expire(self, arrived_before: float,
                ready: Callable[[Any], bool] | None = None) -> list[Any]:
@@ -168,6 +181,7 @@ class EventTimeBuffer:
         Held items (``NEVER_EXPIRES``) do not count for that limit and are not released by
         it, except those up to the limit for which ``ready(item)`` is true (a label whose
         transaction the stage has already counted)."""
+        self._settle()
         limit = max((h[0][0] for h in self._heap if h[2] < arrived_before), default=None)
         if limit is not None and limit > self.watermark:
             self.watermark = limit
@@ -178,14 +192,14 @@ class EventTimeBuffer:
             go = [h for h in held if h[0][0] <= upto and ready(h[3])]
             if go:
                 gone = {h[1] for h in go}
-                held[:] = [h for h in held if h[1] not in gone]
-                heapq.heapify(held)
+                held[:] = [h for h in held if h[1] not in gone]  # (still sorted)
                 out += go
                 out.sort(key=_order)
         self._first = min((h[2] for h in self._heap), default=None)
         return [h[3] for h in out]
 
     def drain(self) -> list[Any]:
+        self._settle()
         out = [h[3] for h in sorted(self._heap + self._held, key=_order)]
         self._heap.clear()
         self._held.clear()
@@ -195,6 +209,7 @@ class EventTimeBuffer:
     def snapshot(self) -> dict[str, Any]:
         """The buffer as plain data (held items keep ``NEVER_EXPIRES`` as their arrival; the
         others' arrival is not kept: they wait again from the restart on)."""
+        self._settle()
         return {
             "heap": [(h[0], h[1], 0.0, h[3]) for h in self._heap]
                     + [(h[0], h[1], NEVER_EXPIRES, h[3]) for h in self._held],
@@ -216,8 +231,8 @@ class EventTimeBuffer:
                 b._held.append((key, n, NEVER_EXPIRES, item))
             else:
                 b._heap.append((key, n, now, item))
-        heapq.heapify(b._heap)
-        heapq.heapify(b._held)
+        b._heap.sort()
+        b._held.sort()
         b._first = now if b._heap else None
         b._marks = dict(snap["marks"])
         b._n = snap["n"]
@@ -229,3 +244,17 @@ class EventTimeBuffer:
 
 def _order(h: tuple[SortKey, int, float, Any]) -> tuple[SortKey, int]:
     return h[0], h[1]
+
+
+def _event_time(h: tuple[SortKey, int, float, Any]) -> float:
+    return h[0][0]
+
+
+def _sorted_union(a: list[Any], b: list[Any]) -> list[Any]:
+    """``a`` (sorted) with the items of ``b`` sorted in (``a`` and ``b`` are reused)."""
+    if not a:
+        b.sort()
+        return b
+    a += b
+    a.sort()  # (a sorted run and a nearly sorted one: close to linear)
+    return a
