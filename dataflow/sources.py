@@ -319,6 +319,7 @@ class _ReplayPartition(StatefulSourcePartition[Any, tuple[int, float]]):
             raise StopIteration
         out: list[Any] = []
         labels = self.labels
+        with_labels = self.label_delay is not None
         m = get_metrics()
         now = time.time()
         for _ in range(self.batch):
@@ -335,11 +336,12 @@ class _ReplayPartition(StatefulSourcePartition[Any, tuple[int, float]]):
             obj, t = r
             ts = t.ts_seconds
             # labels whose time has come go out before the transaction that passes them
-            labels.pop_due(ts, out)
+            if with_labels:
+                labels.pop_due(ts, out)
             out.append(t)
             if ts > self.max_ts:
                 self.max_ts = ts
-            if self.label_delay is not None:
+            if with_labels:
                 self._label_for(obj, t)
         if self.eof:
             # the replayed stream's event time ends at its latest transaction: a label is
