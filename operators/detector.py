@@ -26,8 +26,9 @@ Components (each is reported per transaction, and measured by ``txwatch evaluate
                    weighted by the user's maturity, the population's by the rest; a burst
                    (velocity and behaviour without its gap, together, Stouffer) counts as
                    one surprisal
-``supervised``     river logistic regression over the features, terminal risk and the
-                   components, learnt only from delayed labels
+``supervised``     river's logistic regression over the features, terminal risk and the
+                   components, learnt only from delayed labels (compiled, bit for bit:
+                   :mod:`operators.models.logistic`)
 ``anomaly_path``   for a transaction the label-free decision flags (``anomaly`` above the
                    threshold and a budget of its own) once ``supervised`` scores: the share
                    of fraud among the labels of what it flagged in the same cell (in a run
@@ -56,6 +57,7 @@ from statistics import NormalDist
 from typing import Any
 
 from operators.models import HistogramQuantile, HSTStructure, OnlineIsolationForest, P2Quantile
+from operators.models.logistic import OnlineLogistic
 from operators.scoring import Detector, ZScoreDetector
 from operators.user import HOME_RADIUS_KM, UserState
 from txwatch.settings import Settings
@@ -253,8 +255,6 @@ class TxwDetector:
     """The detector of one logical user shard (see module docstring)."""
 
     def __init__(self, params: DetectorParams, state: dict[str, Any] | None = None) -> None:
-        from river import linear_model, optim
-
         self.p = params
         self.version = f"{VERSION}-{params.user_model}" + ("" if params.anomaly_path
                                                            else "-nopath")
@@ -271,7 +271,7 @@ class TxwDetector:
             self.amount_n = 0
             self.amount_mean = 0.0
             self.amount_m2 = 0.0
-            self.sup = linear_model.LogisticRegression(optimizer=optim.SGD(params.sup_lr))
+            self.sup = OnlineLogistic(SUP_KEYS, params.sup_lr)
             self.frauds_learnt = 0
             self.labels_learnt = 0
             self.budget = self._new_budget()
@@ -280,7 +280,10 @@ class TxwDetector:
             self.amount_n = state["amount_n"]
             self.amount_mean = state["amount_mean"]
             self.amount_m2 = state["amount_m2"]
-            self.sup = state["sup"]
+            sup = state["sup"]
+            # (state version 10 and before: river's LogisticRegression, carried over as is)
+            self.sup = (sup if isinstance(sup, OnlineLogistic)
+                        else OnlineLogistic.from_river(SUP_KEYS, sup))
             self.frauds_learnt = state["frauds_learnt"]
             self.labels_learnt = state["labels_learnt"]
             self.budget = state["budget"]
@@ -505,7 +508,7 @@ class TxwDetector:
         if self.frauds_learnt >= self.p.sup_min_frauds:
             values, bins = self._last_x = self.sup_inputs(f, c)
             self._last_f = f
-            p = self.sup.predict_proba_one(sup_dict(values, bins)).get(True, 0.0)
+            p = self.sup.predict_proba(values, bins)
             c["supervised"] = p
             # on the z-like scale: p = 0.5 -> 2.5, 0.66 -> 3.5, 0.9 -> 5.8, 0.99 -> 9.4
             lg = math.log(max(p, 1e-12) / max(1.0 - p, 1e-12))
@@ -644,10 +647,9 @@ class TxwDetector:
         if len(names) == len(values):
             # kept by release 1.2 (state version 5, still read): every input's name beside
             # its value, the bins' ones included
-            x = dict(zip(names, values, strict=True))
+            self.sup.learn_dict(dict(zip(names, values, strict=True)), is_fraud)
         else:
-            x = sup_dict(values, names)
-        self.sup.learn_one(x, is_fraud)
+            self.sup.learn(values, names, is_fraud)
         self.labels_learnt += 1
         if is_fraud:
             self.frauds_learnt += 1

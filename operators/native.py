@@ -27,6 +27,7 @@ COMPILED = (
     "operators.terminal",
     "operators.reasons",
     "operators.models.quantile",
+    "operators.models.logistic",
     "operators.parse",
 )
 """The modules compiled by mypyc, in build order (plain imports: no package state here)."""

@@ -42,7 +42,7 @@ from operators.terminal import HORIZON_DAYS, TerminalState
 from operators.user import UserState
 from txwatch.metrics import child, get_metrics
 
-STATE_VERSION = 10
+STATE_VERSION = 11
 """Layout version of the stages' snapshots. A release that changes the layout bumps it; an
 older snapshot is migrated when :data:`READABLE` lists it, else refused with instructions for
 a warm start (see README, Recovery).
@@ -54,12 +54,14 @@ from home, counts of channels, and the distance and channel of each recent trans
 txw-1.4); 8: whether each recent transaction was learnt (model txw-1.6); 9: where the alert
 budgets counted each transaction that waits for its label (model txw-1.9); 10: a user's
 recent transactions in one flat array, home and the last location as plain fields, the window
-cache no longer snapshotted (the same model)."""
+cache no longer snapshotted (the same model); 11: the supervised model is
+``operators.models.logistic.OnlineLogistic``, no longer river's object (the same model)."""
 
-READABLE = (5, 6, 7, 8, 9, STATE_VERSION)
-"""Snapshot versions this release restores: 5 to 9 are migrated as they are read (a user's
+READABLE = (5, 6, 7, 8, 9, 10, STATE_VERSION)
+"""Snapshot versions this release restores: 5 to 10 are migrated as they are read (a user's
 day buckets, distances, channels and recent transactions, ``UserState.__setstate__``; the kept
-inputs of pending labels, ``TxwDetector.learn_label``). A user migrated from 5 or 6 starts with
+inputs of pending labels, ``TxwDetector.learn_label``; river's logistic regression, carried
+over weight for weight, ``TxwDetector.__init__``). A user migrated from 5 or 6 starts with
 an empty distance histogram and channel counts: they count as evidence again after 10
 transactions (``operators.user.DIST_MIN_N``). A recent transaction of 7 or before counts as
 learnt (most are; the flagged ones were not). A transaction of 8 or before that waits for its

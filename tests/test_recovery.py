@@ -263,7 +263,7 @@ def test_an_older_snapshot_is_migrated_and_scores_as_before(old: int):
             return (UserState, (), self.st)
 
     snap = pickle.loads(current)
-    assert snap["version"] == STATE_VERSION == 10 and {5, 6, 7, 8, 9} <= set(READABLE)
+    assert snap["version"] == STATE_VERSION == 11 and {5, 6, 7, 8, 9, 10} <= set(READABLE)
     assert len(snap["users"]["a"].days) == 3 * DAYS  # the ring
     assert snap["pending"] and all(len(p.kept) == 4 for p in snap["pending"].values())
     snap.update(version=old, users={k: OldUser(u) for k, u in snap["users"].items()})
@@ -289,6 +289,55 @@ def test_an_older_snapshot_is_migrated_and_scores_as_before(old: int):
     det.learn_label(from_old.pending.pop(tid).kept, True)
     assert det.labels_learnt == learnt + 1
     assert sum(det.budget.counts) == mass if old <= 8 else sum(det.budget.counts) < mass
+
+
+def test_river_supervised_model_of_version_10_is_carried_over():
+    """Up to state version 10 the supervised model was river's ``LogisticRegression`` itself.
+    This release reads it into its compiled model weight for weight, and goes on scoring and
+    learning labels exactly as from its own snapshot of the same model."""
+    from datetime import timedelta
+
+    from river import linear_model, optim
+
+    from operators.detector import SUP_KEYS, make_detector_factory, sup_dict
+    from operators.models.logistic import OnlineLogistic
+    from operators.records import label_of
+    from txwatch.settings import Settings
+
+    cfg = StageConfig(source_partitions=1, terminal_shards=1, user_shards=1,
+                      detector_factory=make_detector_factory(Settings()))
+    stage = UserStage("u0", cfg, None, "w")
+    txns = [_txn(i * 37) for i in range(260)]
+    for t in txns[:200]:
+        stage._process(("t", t, {}))
+    # the same supervised model both ways: river's, and this release's trained alike
+    lr = stage.detector.p.sup_lr
+    theirs = linear_model.LogisticRegression(optimizer=optim.SGD(lr))
+    ours = OnlineLogistic(SUP_KEYS, lr)
+    rng = random.Random(7)
+    for _ in range(300):
+        values = [rng.gauss(0.0, 0.5) for _ in SUP_KEYS]
+        bins = (f"amt:{rng.randrange(6)}", f"z:{rng.randrange(4)}")
+        y = rng.random() < 0.3
+        theirs.learn_one(sup_dict(values, bins), y)
+        ours.learn(values, bins, y)
+    snap = pickle.loads(stage.snapshot())
+    det = dict(snap["detector"], frauds_learnt=100)  # the supervised model decides from here
+    new = pickle.dumps(dict(snap, detector=dict(det, sup=ours)))
+    old = pickle.dumps(dict(snap, version=10, detector=dict(det, sup=theirs)))
+    from_new, from_old = UserStage("u0", cfg, new, "w"), UserStage("u0", cfg, old, "w")
+    assert type(from_old.detector.sup) is OnlineLogistic and from_old.detector.sup == ours
+    for t in txns[200:]:
+        (dn,), (do,) = from_new._process(("t", t, {})), from_old._process(("t", t, {}))
+        assert "supervised" in dn.components and do.score == dn.score
+        assert do.components == dn.components
+    for t in txns[200:240]:  # their labels, every third fraud: learnt alike
+        lb = label_of(t, "fraud" if int(t.transaction_id[1:]) % 3 == 0 else "legit",
+                      t.timestamp + timedelta(days=1))
+        from_new._process(("l", lb))
+        from_old._process(("l", lb))
+    assert from_new.detector.labels_learnt == from_old.detector.labels_learnt == 40
+    assert from_old.detector.sup == from_new.detector.sup != ours
 
 
 @pytest.mark.integration
