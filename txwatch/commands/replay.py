@@ -68,7 +68,7 @@ def run_replay(
 
         migrate(db_url)
         alerts_sink = AlertSink(db_url, all_user_keys(s.logical_shards))
-    with open(scores_path, "w") as out:
+    with open(scores_path, "wb") as out:
         source = ReplaySource(input_path, s, label_delay=label_delay, batch=2000,
                               progress=on_progress)
         io = FlowIO(
