@@ -54,6 +54,7 @@ from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
+from struct import Struct
 from typing import Any
 
 from operators.models import HistogramQuantile, HSTStructure, OnlineIsolationForest, P2Quantile
@@ -152,6 +153,16 @@ SUP_KEYS = (
     "term_recent_lab_risk", "new_terminal", "cold",
 )
 """The supervised model's numeric inputs, in order; one-hot bins follow them."""
+
+_KEPT = Struct(f"{len(SUP_KEYS)}f")
+"""The numeric inputs kept for a label: 32-bit floats in one ``bytes`` (what ``array("f")``
+held up to state version 10, rounded alike: a C cast of each double)."""
+
+
+def kept_values(kept: tuple[Any, ...]) -> tuple[float, ...]:
+    """The numeric inputs of what :meth:`TxwDetector.keep` kept (any state version's)."""
+    values = kept[1]
+    return _KEPT.unpack(values) if type(values) is bytes else tuple(values)
 
 
 def sup_dict(values: Any, bins: tuple[str, ...]) -> dict[str, float]:
@@ -604,11 +615,11 @@ class TxwDetector:
 
     def keep(self, f: dict[str, float], c: dict[str, float]) -> tuple[Any, ...]:
         """What is kept of a transaction until its label arrives: its supervised inputs as a
-        compact tuple (names of its bins, shared; numeric inputs as 32-bit floats), the anomaly
-        path's cell and where the budgets counted it, packed in one int (:func:`_pack_where`):
-        324 bytes in memory (``sys.getsizeof`` of the tuple, the bins' tuple, the array and
-        the int; 276 in model 1.8), 195 pickled alone, about 105 in a snapshot (pickle shares
-        the names)."""
+        compact tuple (names of its bins, shared; numeric inputs as 32-bit floats in one
+        ``bytes``, :func:`kept_values`), the anomaly path's cell and where the budgets counted
+        it, packed in one int (:func:`_pack_where`): 305 bytes in memory (``sys.getsizeof`` of
+        the tuple, the bins' tuple, the bytes and the int; 352 with the ``array`` of state
+        version 10), about 95 in a snapshot (pickle shares the names)."""
         if self._last_f is f:
             values, bins = self._last_x
         else:
@@ -620,13 +631,15 @@ class TxwDetector:
         cf, bi, be, pi, pe = self._counted
         self._counted = (None, -1, 0, -1, 0)
         if cf is f:  # where the budgets counted it: a fraud label takes it back
-            return (bins, array("f", values), cell, _pack_where(bi, be, pi, pe))
+            return (bins, _KEPT.pack(*values), cell, _pack_where(bi, be, pi, pe))
         if cell >= 0:  # the anomaly path flagged it: its label counts in its cell
-            return (bins, array("f", values), cell)
-        return (bins, array("f", values))
+            return (bins, _KEPT.pack(*values), cell)
+        return (bins, _KEPT.pack(*values))
 
     def learn_label(self, kept: tuple[Any, ...], is_fraud: bool) -> None:
         names, values = kept[0], kept[1]
+        if type(values) is bytes:
+            values = _KEPT.unpack(values)
         # (a cell kept before a restore into another layout of cells may be out of range:
         # that label still teaches the supervised model, not the path)
         if len(kept) >= 3 and 0 <= kept[2] < PATH_CELLS:
