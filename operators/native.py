@@ -29,6 +29,9 @@ COMPILED = (
     "operators.models.quantile",
     "operators.models.logistic",
     "operators.parse",
+    "operators.ordering",
+    "operators.sharding",
+    "operators.stages",
 )
 """The modules compiled by mypyc, in build order (plain imports: no package state here)."""
 

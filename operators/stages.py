@@ -28,12 +28,13 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from bytewax.operators import StatefulBatchLogic
 
 from operators import heap
 from operators.decision import decide_severity
+from operators.errors import IncompatibleSnapshot
 from operators.ordering import NEVER_EXPIRES, EventTimeBuffer, Watermark
 from operators.reasons import explain
 from operators.records import Control, Decision, Label, Reason, Txn
@@ -77,10 +78,6 @@ longer ago has left every terminal window (``operators.terminal.HORIZON_DAYS``).
 
 def _is_label(key: tuple[float, int, str]) -> bool:
     return key[1] == KIND_LABEL
-
-
-class IncompatibleSnapshot(RuntimeError):
-    """A recovery snapshot was written by a release with another state layout."""
 
 
 def load_snapshot(resume: bytes, step: str) -> dict[str, Any]:
@@ -139,18 +136,24 @@ def _default(state: Any) -> Detector:
     return ZScoreDetector(state=state)
 
 
-def _now() -> float:
+def _wall_clock() -> float:
     return time.time()
+
+
+_now: Callable[[], float] = _wall_clock
+"""The wall clock of holds and decisions: a variable, not a function, so that tests can set it
+(the compiled module looks a module variable up at each use)."""
 
 
 class _ProcessState:
     """Per-process totals over the shards this process holds (gauges are per process)."""
 
-    users: dict[str, int] = {}  # noqa: RUF012 - process-wide on purpose
-    terminals: dict[str, int] = {}  # noqa: RUF012
-    bytes: dict[tuple[str, str], int] = {}  # noqa: RUF012
-    bytes_at: dict[tuple[str, str], float] = {}  # noqa: RUF012
-    BYTES_EVERY = 10.0
+    # (process-wide on purpose: class variables, the compiled class's as the plain one's)
+    users: ClassVar[dict[str, int]] = {}
+    terminals: ClassVar[dict[str, int]] = {}
+    bytes: ClassVar[dict[tuple[str, str], int]] = {}
+    bytes_at: ClassVar[dict[tuple[str, str], float]] = {}
+    BYTES_EVERY: ClassVar[float] = 10.0
     """Wall-clock seconds between two size estimates of a shard (each pickles a sample)."""
 
     @classmethod
@@ -198,6 +201,10 @@ class _BatchMetrics:
                  "latencies", "reasons", "scores", "severities")
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        # (not a second call of __init__: compiled, that one does not release what it replaces)
         self.scores: list[float] = []
         self.latencies: list[float] = []
         self.severities: dict[str, int] = {}
@@ -260,7 +267,7 @@ class _BatchMetrics:
             m.cold_start_scores.inc(self.cold)
         observe_all(m.score, self.scores)
         observe_all(m.decision_latency, self.latencies)
-        self.__init__()  # type: ignore[misc]
+        self._reset()
 
 
 _RATE = {"alerts": 0.0, "all": 0.0, "n": 0.0}
@@ -308,8 +315,12 @@ def observe_decision(d: Decision) -> None:
     bm.flush("user")
 
 
-class _OrderedStage(StatefulBatchLogic[Any, Any, bytes]):
+class _OrderedStage:
     """Common buffering: push, release by watermark, hold timeout, drain at EOF.
+
+    A Bytewax ``StatefulBatchLogic`` by registration, not inheritance (below the classes): the
+    stages are compiled by mypyc into native classes, which cannot derive from a Python class
+    (an attempt crashed the garbage collector), and they implement every method Bytewax calls.
 
     A whole batch of a key's items goes through :meth:`on_batch` in one call; items are
     taken in arrival order exactly as one at a time (:meth:`on_item` is a batch of one).
@@ -336,7 +347,7 @@ class _OrderedStage(StatefulBatchLogic[Any, Any, bytes]):
     def _sort_key(self, item: Any) -> tuple[float, int, str] | None:  # pragma: no cover
         raise NotImplementedError
 
-    def _watermark_of(self, value: Any) -> Watermark | None:  # pragma: no cover - abstract
+    def _watermark_of(self, value: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _on_watermark(self, wm: Watermark, out: list[Any]) -> None:
@@ -355,7 +366,7 @@ class _OrderedStage(StatefulBatchLogic[Any, Any, bytes]):
         now: float | None = None
         last_wm: Watermark | None = None
         for value in values:
-            wm = self._watermark_of(value)
+            wm: Any = self._watermark_of(value)  # (a Watermark, or packed ones)
             if wm is not None:
                 if type(wm) is tuple:  # several origins' (origin, ts, origins), packed
                     for it in buf.advance_many(wm):
@@ -744,6 +755,9 @@ class UserStage(_OrderedStage):
                 "last_evict": self.last_evict,
             }
         )
+
+
+StatefulBatchLogic.register(_OrderedStage)
 
 
 def in_future(seconds: float) -> datetime:
