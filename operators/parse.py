@@ -8,10 +8,11 @@ Pure functions: no Kafka, no clock unless given one.
 ...             b' "timestamp": "2018-04-01T10:00:00Z"}')
 >>> (t.user_id, str(t.amount_base), t.timestamp.isoformat())
 ('u1', '12.5', '2018-04-01T10:00:00+00:00')
->>> p.parse(b'{"user_id": "u1"}')
-Traceback (most recent call last):
-...
-operators.parse.InvalidMessage: missing field: transaction_id
+>>> try:
+...     p.parse(b'{"user_id": "u1"}')
+... except InvalidMessage as e:
+...     print(e)
+missing field: transaction_id
 """
 
 from __future__ import annotations

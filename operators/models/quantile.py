@@ -53,7 +53,7 @@ True
 True
 >>> h = HistogramQuantile(lo=1e-4, hi=1.0, n_bins=400, q=0.99)
 >>> for _ in range(10_000):
-...     h.update(rng.random())
+...     _ = h.update(rng.random())
 >>> abs(h.get() - 0.99) < 0.01
 True
 """
@@ -288,8 +288,8 @@ class HistogramQuantile:
         >>> for v in (2.0, 3.0, 9.0):  # the 4th update halves the first four
         ...     _ = h.count(v)
         >>> last = h.count(9.0)
-        >>> h.remove(*last); h.remove(*first); sum(h.counts)  # 2.0 and 3.0, halved, are left
-        1.0
+        >>> h.remove(*last); h.remove(*first); sum(h.counts)  # 2.0, 3.0 and 9.0, halved
+        1.5
         """
         w = 0.5 ** (self.epoch - epoch) if epoch < self.epoch else 1.0
         c = self.counts[i] - w
