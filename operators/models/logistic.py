@@ -79,7 +79,7 @@ class OnlineLogistic:
         for b in bins:
             q = index.get(b, -1)
             if q >= 0:
-                acc += w[q] * 1.0
+                acc += w[q]  # (its value is 1.0: w * 1.0 is w, exactly)
         return acc + self.intercept
 
     def predict_proba(self, values: Sequence[float], bins: Sequence[str]) -> float:
@@ -105,8 +105,8 @@ class OnlineLogistic:
             else:
                 pos[i] = self._add(self.keys[i], 0.0 - step)
         index = self.index
+        step = g * lr  # (a bin's value is 1.0: (1.0 * g) * lr, exactly)
         for b in bins:
-            step = (1.0 * g) * lr
             q = index.get(b, -1)
             if q >= 0:
                 w[q] = w[q] - step
