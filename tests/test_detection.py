@@ -575,3 +575,32 @@ def test_home_moves_only_after_a_month_away():
         u.learn(ts, 40.0, lat=MEX["lat"], lon=MEX["lon"], dist_home=f["dist_home_km"])
     assert u.features(start + 35 * day, 40.0, lat=MEX["lat"], lon=MEX["lon"])[
         "dist_home_km"] < 10  # after a month away, they live there now
+
+
+def test_every_feature_is_set_for_every_transaction(sim_file, monkeypatch):
+    """UserState.features fills a copy of a dict that already holds every name: each value
+    must come from the transaction, never from that copy (NaN here), in FEATURE_NAMES order."""
+    import math
+
+    import operators.user as user_mod
+
+    monkeypatch.setattr(user_mod, "_FEATURES", dict.fromkeys(user_mod.FEATURE_NAMES, math.nan))
+    parser = TxnParser(SETTINGS)
+    users: dict[str, UserState] = {}
+    seen = 0
+    for i, line in enumerate(sim_file.open("rb")):
+        t = parser.parse(line.strip(), 0.0)
+        u = users.setdefault(t.user_id, UserState())
+        kw = dict(terminal=t.terminal_id, merchant=t.merchant_id, category=t.merchant_category,
+                  country=t.country, lat=t.lat, lon=t.lon, channel=t.channel)
+        if i % 3 == 0:  # every third without a location, every fifth with a local hour
+            kw["lat"] = kw["lon"] = None
+        hour = 7 if i % 5 == 0 else None
+        f = u.features(t.ts_seconds, float(t.amount_base), local_hour=hour, **kw)
+        assert tuple(f) == user_mod.FEATURE_NAMES
+        bad = [k for k, v in f.items() if math.isnan(v)]
+        assert not bad, (i, bad)
+        u.learn(t.ts_seconds, float(t.amount_base), local_hour=hour,
+                dist_home=f["dist_home_km"], **kw)
+        seen += 1
+    assert seen > 5_000 and max(u.n for u in users.values()) > 100
