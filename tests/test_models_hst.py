@@ -320,11 +320,18 @@ def _path_scores_per_node(st, r) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize(("trees", "height", "window"), [(25, 6, 255), (10, 4, 64), (3, 1, 8)])
-def test_reference_path_scores_equal_the_per_node_definition(trees, height, window):
+@pytest.mark.parametrize("numpy_path", [False, True])
+@pytest.mark.parametrize(("trees", "height", "window"),
+                         [(25, 6, 255), (10, 4, 64), (3, 1, 8), (4, 3, 70000)])
+def test_reference_path_scores_equal_the_per_node_definition(trees, height, window, numpy_path):
+    """The path scores at a window's end, in C (``Router.reference``, when built, as under
+    ``make test``) and with NumPy (where it is not), on every array width."""
     rng = random.Random(trees * 100 + height)
     st = HSTStructure({"a": (0.0, 1.0), "b": (0.0, 1.0)}, n_trees=trees, height=height,
                       window_size=window, seed=3)
+    assert (st._reference is None) == (hst._Router is None)
+    if numpy_path:
+        st._reference = None
     m = st.new_masses()
     nl = st.n_leaves
     for _ in range(200):
@@ -332,7 +339,7 @@ def test_reference_path_scores_equal_the_per_node_definition(trees, height, wind
             m.r[i] = 0
         for t in range(trees):  # a window's points per tree, spread over a few leaves
             hot = rng.sample(range(nl), rng.choice((1, 2, min(5, nl), nl)))
-            for _ in range(rng.choice((0, 1, window // 3, window))):
+            for _ in range(rng.choice((0, 1, min(window // 3, 300), min(window, 900)))):
                 m.r[t * nl + rng.choice(hot)] += 1
         st._set_reference(m)
         assert list(m.s) == _path_scores_per_node(st, m.r)
@@ -411,6 +418,8 @@ def test_a_router_that_was_not_built_refuses_instead_of_crashing() -> None:
         blank.score({"f0": 1.0}, array("H", bytes(64)))
     with pytest.raises(RuntimeError, match="not initialised"):
         blank.add(array("B", bytes(8)), (1,))
+    with pytest.raises(RuntimeError, match="not initialised"):
+        blank.reference(array("B", bytes(8)), array("H", bytes(16)), 1.0)
     r = hst._Router(("f0",), [[0]], [[0.5]])
     with pytest.raises(ValueError):
         r.__init__(("f0",), [[3]], [[0.5]])  # a feature index out of range: refused, and

@@ -373,6 +373,85 @@ fail:
     return NULL;
 }
 
+static int write_at(Py_buffer *v, Py_ssize_t k, unsigned long long x) {
+    switch (v->itemsize) {
+    case 1:
+        if (x > UINT8_MAX) goto over;
+        ((uint8_t *)v->buf)[k] = (uint8_t)x;
+        return 0;
+    case 2:
+        if (x > UINT16_MAX) goto over;
+        ((uint16_t *)v->buf)[k] = (uint16_t)x;
+        return 0;
+    case 4:
+        if (x > UINT32_MAX) goto over;
+        ((uint32_t *)v->buf)[k] = (uint32_t)x;
+        return 0;
+    default:
+        ((uint64_t *)v->buf)[k] = (uint64_t)x;
+        return 0;
+    }
+over:
+    PyErr_SetString(PyExc_OverflowError, "a path score is beyond its type's maximum");
+    return -1;
+}
+
+/* reference(r, s, size_limit) -> whether r has any mass. For each leaf, s[leaf] = river's
+   path score from the reference masses r: the sum of node mass * 2**depth from the root down
+   the leaf's path, stopping below a node whose mass is under size_limit (hst.py's
+   HSTStructure._set_reference, which does it with NumPy where this is not built; the same
+   integers). A node's mass is the sum of its leaves'. */
+static PyObject *Router_reference(Router *self, PyObject *const *args, Py_ssize_t n) {
+    if (n != 3) return PyErr_Format(PyExc_TypeError, "reference(r, s, size_limit) takes 3 arguments");
+    if (!ready(self)) return NULL;
+    double limit = PyFloat_AsDouble(args[2]);
+    if (limit == -1.0 && PyErr_Occurred()) return NULL;
+    Py_ssize_t nl = self->n_leaves, need = (Py_ssize_t)self->n_trees * nl;
+    Py_buffer rv, sv;
+    if (get_view(args[0], &rv, 0, need) < 0) return NULL;
+    if (get_view(args[1], &sv, 1, need) < 0) {
+        PyBuffer_Release(&rv);
+        return NULL;
+    }
+    /* one tree's node masses in heap order: leaves at n_internal.., parents above them */
+    unsigned long long *mass = PyMem_Malloc(sizeof(unsigned long long) * (2 * nl - 1));
+    if (mass == NULL) {
+        PyBuffer_Release(&rv);
+        PyBuffer_Release(&sv);
+        return PyErr_NoMemory();
+    }
+    int any = 0;
+    Py_ssize_t ni = self->n_internal;
+    for (int t = 0; t < self->n_trees; t++) {
+        for (Py_ssize_t j = 0; j < nl; j++) {
+            mass[ni + j] = read_at(&rv, (Py_ssize_t)t * nl + j);
+            if (mass[ni + j]) any = 1;
+        }
+        for (Py_ssize_t i = ni - 1; i >= 0; i--) mass[i] = mass[2 * i + 1] + mass[2 * i + 2];
+        for (Py_ssize_t j = 0; j < nl; j++) {
+            /* the leaf's path from the root: node indices from its heap index's bits */
+            Py_ssize_t leaf = ni + j;
+            unsigned long long acc = mass[0];
+            int live = (double)mass[0] >= limit;
+            for (int d = 1; d <= self->height; d++) {
+                Py_ssize_t node = ((leaf + 1) >> (self->height - d)) - 1;
+                if (live) acc += mass[node] << d;
+                live = live && (double)mass[node] >= limit;
+            }
+            if (write_at(&sv, (Py_ssize_t)t * nl + j, acc) < 0) {
+                PyMem_Free(mass);
+                PyBuffer_Release(&rv);
+                PyBuffer_Release(&sv);
+                return NULL;
+            }
+        }
+    }
+    PyMem_Free(mass);
+    PyBuffer_Release(&rv);
+    PyBuffer_Release(&sv);
+    return PyBool_FromLong(any);
+}
+
 static PyMethodDef Router_methods[] = {
     {"score", (PyCFunction)(void (*)(void))Router_score, METH_FASTCALL,
      "score(x, s) -> the sum over the trees of s at the leaf x reaches"},
@@ -384,6 +463,8 @@ static PyMethodDef Router_methods[] = {
      "score_leaves(x, s) -> (score(x, s), the leaf index x reaches in each tree)"},
     {"add", (PyCFunction)(void (*)(void))Router_add, METH_FASTCALL,
      "add(l, leaves): l[k] += 1 for each k of leaves"},
+    {"reference", (PyCFunction)(void (*)(void))Router_reference, METH_FASTCALL,
+     "reference(r, s, size_limit) -> any mass in r; s = the leaves' path scores from r"},
     {NULL, NULL, 0, NULL},
 };
 
