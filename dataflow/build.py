@@ -33,9 +33,8 @@ from bytewax.inputs import Source
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from operators.ordering import Watermark
-from operators.records import Control, DeadLetter, Decision, Label, Txn
-from operators.sharding import ShardKeys, all_terminal_keys, all_user_keys
+from operators.records import Control, DeadLetter, Decision
+from operators.sharding import ShardKeys, TerminalRoute, UserRoute, all_user_keys
 from operators.stages import StageConfig, TerminalStage, UserStage
 from txwatch.metrics import get_metrics
 from txwatch.settings import Settings
@@ -150,50 +149,19 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
                   kafka_sink(settings, settings.dlq_topic))
 
     # --- route to terminal shards -----------------------------------------------------------
-    t_keys = all_terminal_keys(S)
     u_keys = all_user_keys(S)
-    t_key = ShardKeys("t", S)
     u_key = ShardKeys("u", S)
-
-    def route_terminal(xs: list[Any]) -> list[tuple[str, Any]]:
-        # shape: Txn | Label -> (terminal shard, item); the batch's Watermarks -> ("w", shard,
-        # ((origin, ts, origins), ...)) to every terminal shard, after the batch's items (as in
-        # route_user); Control -> to the user shard(s) it concerns (not through here)
-        out: list[tuple[str, Any]] = []
-        marks: dict[str, Watermark] = {}
-        for x in xs:
-            tp = type(x)
-            if tp is Txn or tp is Label:
-                out.append((t_key(x.terminal_id), x))
-            elif tp is Watermark:
-                marks[x.origin] = x
-        _send_marks(marks, t_keys, out)
-        return out
-
     good = split.falses
-    by_terminal = op.flat_map_batch("route_terminal", good, route_terminal)
+    # Txn | Label -> (terminal shard, item); the batch's watermarks to every terminal shard;
+    # controls go to the user shard(s) they concern (route_control)
+    by_terminal = op.flat_map_batch("route_terminal", good, TerminalRoute(S))
 
     def build_terminal(resume: bytes | None) -> TerminalStage:
         return TerminalStage("", cfg, resume)
 
     term_out = _stateful_batch("terminal", by_terminal, build_terminal)  # (t-shard, out item)
 
-    def route_user(kvs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-        # (each terminal shard sends a watermark after each of its batches: broadcast alone,
-        # they made 16 x 16 items per source watermark)
-        out: list[tuple[str, Any]] = []
-        marks: dict[str, Watermark] = {}
-        for _, item in kvs:
-            kind = item[0]
-            if kind == "t" or kind == "l":
-                out.append((u_key(item[1].user_id), item))
-            elif kind == "w":
-                wm = item[1]
-                marks[wm.origin] = wm
-        _send_marks(marks, u_keys, out)
-        return out
-
-    user_in = op.flat_map_batch("route_user", term_out, route_user)
+    user_in = op.flat_map_batch("route_user", term_out, UserRoute(S))
     if io.use_controls:
         def route_control(xs: list[Any]) -> list[tuple[str, Any]]:
             out: list[tuple[str, Any]] = []
@@ -240,16 +208,6 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
         op.output("decisions_out", msgs,
                   DecisionSink(settings, settings.decisions_topic, u_keys))
     return flow
-
-
-def _send_marks(marks: dict[str, Watermark], keys: list[str], out: list[Any]) -> None:
-    """A batch's latest watermark of each origin, to every shard key as one item
-    ``("w", key, ((origin, ts, origins), ...))``, after the batch's items (a watermark sent
-    later only releases later, never in another order; one item per shard, not one per
-    origin, is what crosses between processes, pickled)."""
-    if marks:
-        packed = tuple((w.origin, w.ts, w.origins) for w in marks.values())
-        out.extend((k, ("w", k, packed)) for k in keys)
 
 
 def _values(kvs: list[tuple[str, Any]]) -> list[Any]:
