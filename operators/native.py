@@ -22,6 +22,7 @@ import os
 import shutil
 
 COMPILED = (
+    "operators.records",
     "operators.user",
     "operators.detector",
     "operators.terminal",

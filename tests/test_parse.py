@@ -148,6 +148,7 @@ def test_records_pickle_as_the_frozen_records_of_earlier_releases():
     """Snapshots hold Txn and Label objects: their state is the list of field values that the
     frozen dataclasses of state version 7's first releases wrote, both ways."""
     import copyreg
+    import io
     import pickle
     from dataclasses import fields
     from datetime import UTC, datetime
@@ -178,14 +179,17 @@ def test_records_pickle_as_the_frozen_records_of_earlier_releases():
         assert back.__getstate__() == rec.__getstate__()
     assert pickle.loads(pickle.dumps(t2)).timestamp.utcoffset() == off.utcoffset()
 
-    class Earlier:  # pickles as this release's records did: class, then the state list
-        def __init__(self, rec: Txn | Label) -> None:
-            self.rec = rec
+    class Earlier(pickle.Pickler):
+        """Pickles a record as the frozen dataclasses of earlier releases did: the class
+        (``copyreg.__newobj__``: ``cls.__new__(cls)``), then the list of field values."""
 
-        def __reduce__(self) -> tuple:
-            # (copyreg's reconstructor: __newobj__ refuses a stand-in of another class)
-            return (copyreg._reconstructor, (type(self.rec), object, None),
-                    self.rec.__getstate__())
+        def reducer_override(self, obj: object) -> object:
+            if type(obj) in (Txn, Label):
+                return (copyreg.__newobj__, (type(obj),), obj.__getstate__())
+            return NotImplemented
 
     for rec in (t, lb, t2):
-        assert pickle.loads(pickle.dumps(Earlier(rec))) == rec
+        buf = io.BytesIO()
+        Earlier(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(rec)
+        assert b"_txn" not in buf.getvalue() and b"_label" not in buf.getvalue()
+        assert pickle.loads(buf.getvalue()) == rec
