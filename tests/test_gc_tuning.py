@@ -49,3 +49,14 @@ def test_the_worker_entry_point_tunes_its_process():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.split()[-1] == "23456"
+
+
+def test_a_replay_collects_less_often_unless_the_setting_is_given(monkeypatch):
+    from txwatch.commands.replay import REPLAY_GC_THRESHOLD, replay_settings
+
+    monkeypatch.delenv("TXWATCH_GC_THRESHOLD", raising=False)
+    assert Settings().gc_threshold == 50_000  # the worker's
+    assert replay_settings(Settings()).gc_threshold == REPLAY_GC_THRESHOLD > 50_000
+    monkeypatch.setenv("TXWATCH_GC_THRESHOLD", "23456")
+    assert replay_settings(Settings()).gc_threshold == 23_456
+    assert replay_settings(Settings(), gc_threshold=0).gc_threshold == 0
