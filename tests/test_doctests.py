@@ -55,7 +55,7 @@ def test_compiled_modules_keep_their_examples():
     # (every compiled module with examples in its source is found, compiled or not)
     names = _modules_with_examples()
     for name in ("operators.models.logistic", "operators.ordering", "operators.sharding",
-                 "operators.detector", "operators.parse"):
+                 "operators.detector", "operators.parse", "operators.records"):
         assert name in names
 
 

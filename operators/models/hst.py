@@ -343,8 +343,8 @@ class HSTStructure:
         All trees at once with numpy, level by level from the root (a node's mass is the sum
         of its leaves; integers throughout, so exactly the per-node loop of
         ``tests/test_models_hst.py``, 3-7 times faster: it runs at every window's end); in C
-        when the routing is (``Router.reference``: the same integers, about 50 times faster
-        than NumPy on arrays this small)."""
+        when the routing is (``Router.reference``: the same integers; 1.3 against 35 µs for a
+        user's trees, 15 against 100 µs for the population's, ``timeit``)."""
         if self._reference is not None:
             m.ready = self._reference(m.r, m.s, self.size_limit)
             return
