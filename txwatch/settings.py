@@ -156,7 +156,8 @@ class Settings(BaseSettings):
     """TXWATCH_GC_THRESHOLD: allocations between two young-generation collections of Python's
     cycle collector (Python's default is 700; 0 keeps it). Each event allocates a few dozen
     short-lived objects, so the default collects every few events: 50,000 made replay 6-25 %
-    faster at the same peak memory (see docs/benchmarks.md)."""
+    faster at the same peak memory (see docs/benchmarks.md). `txwatch replay` uses
+    1,000,000 unless this is set (a batch job: throughput counts, pauses do not)."""
     recovery_partitions: int = 16
     """TXWATCH_RECOVERY_PARTITIONS: recovery partitions ``txwatch cluster`` creates: at least
     the number of workers of the largest cluster you will run."""
