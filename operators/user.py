@@ -498,30 +498,15 @@ class UserState:
             days[i + 1] = 1.0
             days[i + 2] = amount
         # (else: a transaction DAYS days older than one already counted: out of every window)
-        # (a set is replaced only when it changes: most values are known ones, and each `|`
-        # makes a new 1,024-bit int)
         seen = self.seen
-        if terminal:
-            b = _bits(terminal, 1)
-            s = seen[0]
-            if s & b != b:
-                self.n_new_terminal += 1
-                seen[0] = s | b
+        if terminal and _add(seen, 0, terminal, 1):
+            self.n_new_terminal += 1
         if merchant:
-            b = _bits(merchant, 2)
-            s = seen[1]
-            if s & b != b:
-                seen[1] = s | b
+            _add(seen, 1, merchant, 2)
         if category:
-            b = _bits(category, 3)
-            s = seen[2]
-            if s & b != b:
-                seen[2] = s | b
+            _add(seen, 2, category, 3)
         if country:
-            b = _bits(country, 4)
-            s = seen[3]
-            if s & b != b:
-                seen[3] = s | b
+            _add(seen, 3, country, 4)
         if lat is not None and lon is not None:
             if self.home_w <= 0.0:
                 self.home_lat, self.home_lon, self.home_w = lat, lon, 1.0
@@ -761,6 +746,18 @@ def _add_fields(st: tuple[Any, ...], new: dict[str, Any],
         if name in new:
             out.insert(i, new[name])
     return tuple(out)
+
+
+def _add(seen: list[int], i: int, value: str, salt: int) -> bool:
+    """Add ``value`` to Bloom set ``seen[i]`` (of kind ``salt``); whether it was new there.
+    (The set is replaced only when it changes: most values are known ones, and each ``|``
+    makes a new 1,024-bit int.)"""
+    b = _bits(value, salt)
+    s = seen[i]
+    if s & b == b:
+        return False
+    seen[i] = s | b
+    return True
 
 
 def _new(bits: int, value: str | None, salt: int) -> float:

@@ -420,12 +420,7 @@ class HSTStructure:
         if masses._owner is not self:
             self._adopt(masses)
         self._add_leaves(masses.l, leaves)
-        masses.counter += 1  # (_count, inline: this runs for every event, twice)
-        if masses.counter == self.window_size:
-            masses.r = masses.l
-            masses.l = array(self._count_code, bytes(len(masses.r) * masses.r.itemsize))
-            masses.counter = 0
-            self._set_reference(masses)
+        self._count(masses)
 
     def _count(self, m: HSTMasses) -> None:
         m.counter += 1
