@@ -166,6 +166,11 @@ class Control:
     until: datetime
     issued_at: datetime
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # (the constructor with the field values: a frozen dataclass unpickles by assigning
+        # its fields one by one, which a compiled frozen class refuses)
+        return (Control, (self.kind, self.scope, self.target, self.until, self.issued_at))
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -178,6 +183,11 @@ class DeadLetter:
     offset: int | None
     received_at: datetime
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # (see Control.__reduce__)
+        return (DeadLetter, (self.payload, self.reason, self.topic, self.partition,
+                             self.offset, self.received_at))
+
 
 @dataclass(frozen=True, slots=True)
 class Reason:
@@ -186,6 +196,10 @@ class Reason:
     code: str
     text: str
     value: float
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # (see Control.__reduce__: a Decision's reasons cross between processes with it)
+        return (Reason, (self.code, self.text, self.value))
 
     def as_dict(self) -> dict[str, Any]:
         return {"code": self.code, "text": self.text, "value": self.value}
