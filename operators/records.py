@@ -1,5 +1,10 @@
 """The records that flow between txwatch's steps.
 
+Compiled by mypyc (``operators.native.COMPILED``) into native classes, so that the compiled
+stages read their fields directly rather than through Python's attribute look-up. Compiled,
+a record checks its fields' types, and a frozen one pickles through its constructor
+(``__reduce__``): records cross between a cluster's processes pickled.
+
 >>> from datetime import datetime, UTC
 >>> from decimal import Decimal
 >>> t = Txn("t1", "u1", Decimal("12.50"), datetime(2018, 4, 1, tzinfo=UTC), "EUR", Decimal("12.50"))
