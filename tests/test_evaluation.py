@@ -11,7 +11,14 @@ import pytest
 
 from producer.config import SimConfig
 from producer.simulator import iter_transactions
-from txwatch.evaluation import evaluate, format_report, load, operating_point
+from txwatch.evaluation import (
+    _amount_density,
+    compromise_posterior,
+    evaluate,
+    format_report,
+    load,
+    operating_point,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +54,59 @@ def test_ceilings_bound_the_amount_and_are_exact_where_they_can_be(scored):
     # ordering beats the perfect one
     assert res["average_precision"] < c["amount_oracle"] <= c["perfect_label_free"]
     assert c["amount_oracle_compromised"] <= c["perfect_label_free"]
+    # the Bayes ordering knows all the amounts tell: above the amount alone, and it cannot
+    # order the visible frauds better than all first (a tie with the terminals' frauds at
+    # most: the same as the perfect ordering's, its share of the recall times the base rate)
+    assert c["amount_oracle"] < c["bayes_label_free"]
+    assert c["bayes_label_free"] <= c["perfect_label_free"] + (frauds - visible) / n
     assert np.isfinite(list(c.values())).all()
     assert "amount_oracle_compromised  AP" in format_report(res)
     assert "ceilings" not in evaluate(str(tx), str(scores), *window)
+
+
+def _enumerated_posterior(rows, mean, hazard, window, share, factor, limit):
+    """compromise_posterior of one card by brute force: every sequence of daily compromise
+    draws (from a window before the first row), weighted by its probability and by the
+    likelihood of the amounts before each row, as the simulator makes them."""
+    first, last = rows[0][1] - window, rows[-1][1]
+    days = range(first, last + 1)
+    out = []
+    for i, (_, day, a) in enumerate(rows):
+        num = den = 0.0
+        for bits in range(2 ** len(days)):
+            drawn = [d for k, d in enumerate(days) if bits >> k & 1]
+            w = hazard ** len(drawn) * (1 - hazard) ** (len(days) - len(drawn))
+
+            def inside(t, drawn=drawn):  # the simulator's window: until = draw day + window
+                return any(d <= t < d + window for d in drawn)
+
+            for _, t, b in rows[:i]:
+                legit = _amount_density(b, mean)
+                w *= (share * _amount_density(b / factor, mean) / factor
+                      + (1 - share) * legit) if inside(t) else legit
+            legit = _amount_density(a, mean)
+            fraud = share * _amount_density(a / factor, mean) / factor if inside(day) else 0.0
+            num += w * fraud
+            den += w * (fraud + (1 - share) * legit if inside(day) else legit)
+        out.append(1.0 if a > limit else num / den)
+    return out
+
+
+def test_the_bayes_ordering_is_the_exact_posterior_of_the_simulators_design():
+    rows = [("c", 0, 20.0), ("c", 1, 110.0), ("c", 1, 35.0), ("c", 3, 18.0), ("c", 4, 60.0),
+            ("c", 6, 240.0), ("c", 7, 30.0)]
+    got = compromise_posterior(rows, {"c": 22.0}, hazard=0.2, window_days=3, share=0.4,
+                               factor=5.0, limit=220.0)
+    want = _enumerated_posterior(rows, 22.0, 0.2, 3, 0.4, 5.0, 220.0)
+    assert got == pytest.approx(want, rel=1e-9)
+    assert got[5] == 1.0 and min(got) > 0.0 and max(got[:5]) < 1.0
+    # a card's x5 amount raises its later ones, until its window must have ended
+    after = compromise_posterior([("a", 0, 100.0), ("a", 2, 35.0), ("b", 0, 20.0),
+                                  ("b", 2, 35.0)], {"a": 20.0, "b": 20.0}, hazard=0.001)
+    assert after[1] > 10 * after[3]
+    later = compromise_posterior([("a", 0, 100.0), ("a", 15, 35.0), ("b", 0, 20.0),
+                                  ("b", 15, 35.0)], {"a": 20.0, "b": 20.0}, hazard=0.001)
+    assert later[1] == pytest.approx(later[3], rel=1e-12)
 
 
 @pytest.mark.parametrize("rate", [0.5, 1.0, 10.0])

@@ -243,6 +243,68 @@ SCENARIO_1_LIMIT = 220.0
 """The handbook's scenario 1: every amount above it is fraud."""
 COMPROMISED_BOOST = 2.0
 COMPROMISED_DAYS = 14
+_PHI_MINUS_2 = 0.5 * math.erfc(math.sqrt(2.0))
+"""P(N(m, m/2) < 0): the share of the simulator's amounts redrawn from U(0, 2m)."""
+
+
+def _amount_density(a: float, m: float) -> float:
+    """Density of a legitimate amount of a customer whose mean is ``m`` in the simulator:
+    N(m, m/2), negatives redrawn from U(0, 2m) (``producer.simulator``)."""
+    s = m / 2.0
+    dens = math.exp(-0.5 * ((a - m) / s) ** 2) / (s * math.sqrt(2.0 * math.pi))
+    if 0.0 <= a <= 2.0 * m:
+        dens += _PHI_MINUS_2 / (2.0 * m)
+    return dens + 1e-300
+
+
+def compromise_posterior(rows: list[tuple[str, int, float]], means: dict[str, float],
+                         hazard: float, window_days: int = COMPROMISED_DAYS,
+                         share: float = 1 / 3, factor: float = 5.0,
+                         limit: float = SCENARIO_1_LIMIT) -> list[float]:
+    """P(fraud | the card's amounts so far) of each row ``(user, day, amount)``, in time
+    order, under the simulator's own design of scenarios 1 and 3 (the handbook's): an amount
+    above ``limit`` is fraud; each day a card is compromised with probability ``hazard`` for
+    ``window_days`` days, in which each of its transactions is fraud with probability
+    ``share`` and its amount multiplied by ``factor``; legitimate amounts are N(m, m/2) around
+    the customer's mean ``means[user]``. A forward filter per card over the days left in its
+    window (the hidden state) gives the probability that the card is compromised before each
+    transaction, and Bayes' rule with the amount's two densities its probability of fraud.
+    Only amounts carry label-free evidence in this design (scenario 2 leaves none), so this
+    is the most any label-free detector knows; it needs the true means and the scenario's
+    parameters, which no detector has. Rows older than ``window_days`` before the first one
+    that matters change nothing (every window they could reveal has ended).
+
+    >>> p = compromise_posterior([("a", 0, 100.0), ("a", 1, 30.0), ("b", 1, 30.0),
+    ...                           ("b", 2, 230.0)], {"a": 20.0, "b": 20.0}, hazard=0.001)
+    >>> p[1] > 10 * p[2], p[3]
+    (True, 1.0)
+    """
+    W = window_days
+    filt: dict[str, list[float]] = {}
+    last: dict[str, int] = {}
+    out: list[float] = []
+    for user, day, a in rows:
+        p = filt.get(user)
+        if p is None:
+            p = [1.0] + [0.0] * W  # p[k]: the card has k days of a window left (0: none)
+        prev = last.get(user)
+        for _ in range(W + 1 if prev is None else min(day - prev, W + 1)):
+            p = [p[0] + p[1], *p[2:], 0.0]  # a day passes
+            total = sum(p)
+            p = [x * (1.0 - hazard) for x in p]
+            p[W] += hazard * total  # compromised today (again: the window starts over)
+        last[user] = day
+        m = max(means.get(user, 1.0), 1e-6)
+        legit = _amount_density(a, m)
+        fraud = _amount_density(a / factor, m) / factor
+        compromised = 1.0 - p[0]
+        inside = share * fraud + (1.0 - share) * legit
+        p3 = compromised * share * fraud / (compromised * inside + (1.0 - compromised) * legit)
+        out.append(1.0 if a > limit else p3)
+        p = [p[0] * legit, *(x * inside for x in p[1:])]
+        total = sum(p)
+        filt[user] = [x / total for x in p]
+    return out
 
 
 def ceilings(tx_path: str, d: EvalData) -> dict[str, float]:
@@ -256,23 +318,39 @@ def ceilings(tx_path: str, d: EvalData) -> dict[str, float]:
       estimate it from the past);
     - ``amount_oracle_compromised``: the same plus 2 for a customer with a detectable
       scenario-3 fraud (more than 3 times their mean) in the 14 days before, that is, knowing
-      which cards are compromised.
+      which cards are compromised;
+    - ``bayes_label_free``: each transaction's probability of fraud given its card's amounts
+      so far, under the simulator's own design and each customer's true mean
+      (:func:`compromise_posterior`): everything the amounts tell, which is all the
+      label-free evidence of scenarios 1-3.
 
-    The last two rank scenario 3 by the likelihood ratio of its ×5 amounts, which grows with
-    amount / mean; the ×5 of a small draw stays inside the customer's range, so even they
-    fall short of the first.
+    The amount oracles rank scenario 3 by the likelihood ratio of its ×5 amounts, which grows
+    with amount / mean; the ×5 of a small draw stays inside the customer's range, so even
+    they fall short of the first. The Bayes ordering also raises a card's later amounts once
+    one of them has shown it compromised; ranking by the probability of fraud is the best an
+    ordering can do in expectation (the probability ranking principle), so a label-free
+    score's AP is measured against it.
     """
     from sklearn.metrics import average_precision_score
 
     y = d.fraud
     if not 0 < y.sum() < len(y):
         return {}
+    from producer.config import Handbook
+
+    hb = Handbook()
     wanted = {tid: i for i, tid in enumerate(d.ids)}
     amount = np.zeros(len(y))
     when = np.zeros(len(y))
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     s3: dict[str, list[tuple[float, float]]] = defaultdict(list)  # user -> (ts, amount)
+    # the rows the Bayes ordering's filter needs: from a window's length before the first
+    # evaluated day
+    first, last = int(d.days.min()) - hb.card_window_days - 1, int(d.days.max())
+    recent: list[tuple[str, int, float]] = []
+    recent_ids: list[Any] = []
+    seen: set[str] = set()
     with open(tx_path, "rb") as f:
         for line in f:
             try:
@@ -282,15 +360,31 @@ def ceilings(tx_path: str, d: EvalData) -> dict[str, float]:
                 user = r["user_id"]
             except (ValueError, KeyError, TypeError):
                 continue
+            seen.add(user)
             if not int(r.get("is_fraud", 0) or 0):
                 sums[user] += a
                 counts[user] += 1
             elif int(r.get("fraud_scenario", 0) or 0) == 3:
                 s3[user].append((ts, a))
-            i = wanted.get(r.get("transaction_id"))
+            tid = r.get("transaction_id")
+            i = wanted.get(tid)
             if i is not None:
                 amount[i], when[i] = a, ts
+            day = int(ts // DAY)
+            if first <= day <= last:
+                recent.append((user, day, a))
+                recent_ids.append(tid)
     mean = np.array([sums[u] / counts[u] if counts[u] else 1.0 for u in d.users.tolist()])
+    means = {u: sums[u] / counts[u] for u in counts}
+    posterior = compromise_posterior(
+        recent, means, hazard=hb.cards_per_day / max(1, len(seen)),
+        window_days=hb.card_window_days, share=hb.card_fraud_share,
+        factor=hb.card_amount_factor, limit=hb.amount_threshold)
+    bayes = np.zeros(len(y))
+    for tid, pr in zip(recent_ids, posterior, strict=True):
+        i = wanted.get(tid)
+        if i is not None:
+            bayes[i] = pr
     ratio = np.where(amount > SCENARIO_1_LIMIT, np.inf, amount / np.maximum(mean, 1e-9))
     ratio = np.minimum(ratio, 1e9)
     horizon = COMPROMISED_DAYS * DAY
@@ -307,6 +401,7 @@ def ceilings(tx_path: str, d: EvalData) -> dict[str, float]:
         "perfect_label_free": ap(visible.astype(float)),
         "amount_oracle": ap(ratio),
         "amount_oracle_compromised": ap(ratio + COMPROMISED_BOOST * known),
+        "bayes_label_free": ap(bayes),
     }
 
 
