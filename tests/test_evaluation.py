@@ -61,6 +61,7 @@ def test_ceilings_bound_the_amount_and_are_exact_where_they_can_be(scored):
     assert c["bayes_label_free"] <= c["perfect_label_free"] + (frauds - visible) / n
     assert np.isfinite(list(c.values())).all()
     assert "amount_oracle_compromised  AP" in format_report(res)
+    assert "bayes_label_free           AP" in format_report(res)
     assert "ceilings" not in evaluate(str(tx), str(scores), *window)
 
 

@@ -71,9 +71,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--ceilings", action="store_true",
                    help="also what orderings that know the ground truth reach (simulated "
                    "data of the handbook's design): the AP of a perfect label-free ordering, "
-                   "of the amount over each customer's true mean, and of the same knowing the "
-                   "compromised cards; and the spree's recall at the operating point of the "
-                   "pace of its runs against each customer's true rate")
+                   "of the amount over each customer's true mean, of the same knowing the "
+                   "compromised cards, and of each transaction's probability of fraud given its "
+                   "card's amounts under the simulator's own design (Bayes); and the spree's "
+                   "recall at the operating point of the pace of its runs against each "
+                   "customer's true rate")
     p.add_argument("--legit-rate", type=_rate, default=1.0, metavar="R",
                    help="the operating point: recall per scenario of the score alone at the "
                    "threshold that alerts at most R of every 1,000 legitimate transactions, "
