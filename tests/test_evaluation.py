@@ -44,7 +44,9 @@ def test_ceilings_bound_the_amount_and_are_exact_where_they_can_be(scored):
     c = res["ceilings"]
     d = load(str(tx), str(scores), *window)
     y, scen = d.fraud, d.scenario
-    n, frauds, visible = len(y), int(y.sum()), int(((y == 1) & (scen != 2)).sum())
+    # (the scores are the amounts: a compromised terminal's transaction above 220 is visible)
+    seen = (y == 1) & ((scen != 2) | (d.score > 220))
+    n, frauds, visible = len(y), int(y.sum()), int(seen.sum())
     assert 0 < visible < frauds  # both kinds are in the window
     # every visible fraud first, the rest tied: precision 1 up to their share of the recall,
     # then the base rate for the terminals' frauds
@@ -54,15 +56,34 @@ def test_ceilings_bound_the_amount_and_are_exact_where_they_can_be(scored):
     # ordering beats the perfect one
     assert res["average_precision"] < c["amount_oracle"] <= c["perfect_label_free"]
     assert c["amount_oracle_compromised"] <= c["perfect_label_free"]
-    # the Bayes ordering knows all the amounts tell: above the amount alone, and it cannot
-    # order the visible frauds better than all first (a tie with the terminals' frauds at
-    # most: the same as the perfect ordering's, its share of the recall times the base rate)
-    assert c["amount_oracle"] < c["bayes_label_free"]
-    assert c["bayes_label_free"] <= c["perfect_label_free"] + (frauds - visible) / n
+    # the Bayes ordering knows all the amounts tell: above the amount alone (its exactness:
+    # test_the_bayes_ordering_is_the_exact_posterior_of_the_simulators_design)
+    assert c["amount_oracle"] < c["bayes_label_free"] < 1.0
     assert np.isfinite(list(c.values())).all()
     assert "amount_oracle_compromised  AP" in format_report(res)
     assert "bayes_label_free           AP" in format_report(res)
     assert "ceilings" not in evaluate(str(tx), str(scores), *window)
+
+
+def test_a_terminals_fraud_above_220_is_visible_to_the_perfect_ordering(tmp_path):
+    # the simulator numbers a compromised terminal's transaction above 220 as scenario 2
+    # (it applies the scenarios in order), but its amount gives it away
+    tx, scores = tmp_path / "tx.jsonl", tmp_path / "s.jsonl"
+    rows = [(30.0, 0, 0), (25.0, 0, 0), (300.0, 1, 2), (28.0, 1, 2), (150.0, 1, 3),
+            (31.0, 0, 0), (29.0, 0, 0), (27.0, 1, 2)]
+    with tx.open("w") as f, scores.open("w") as s:
+        for i, (amount, fraud, scenario) in enumerate(rows):
+            ts = f"2018-08-09T{10 + i:02d}:00:00Z"
+            f.write(json.dumps({"transaction_id": f"t{i}", "user_id": f"u{i % 3}",
+                                "timestamp": ts, "amount": amount, "is_fraud": fraud,
+                                "fraud_scenario": scenario}) + "\n")
+            s.write(json.dumps({"transaction_id": f"t{i}", "score": 0.0, "alert": False})
+                    + "\n")
+    c = evaluate(str(tx), str(scores), date(2018, 8, 8), date(2018, 8, 14),
+                 with_ceilings=True)["ceilings"]
+    # frauds t2 (visible by its amount), t3 and t7 (terminals, invisible), t4 (scenario 3):
+    # t2 and t4 first, then the six others tied (two frauds among them)
+    assert c["perfect_label_free"] == pytest.approx(2 / 4 * 1.0 + 2 / 4 * 4 / 8)
 
 
 def _enumerated_posterior(rows, mean, hazard, window, share, factor, limit):

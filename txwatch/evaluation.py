@@ -312,7 +312,8 @@ def ceilings(tx_path: str, d: EvalData) -> dict[str, float]:
     transactions: what a label-free score is measured against.
 
     - ``perfect_label_free``: every fraud of a scenario with per-user or amount evidence (all
-      but scenario 2, the compromised terminals, which only labels reveal) above everything;
+      but scenario 2, the compromised terminals, which only labels reveal, unless the amount
+      is above 220) above everything;
     - ``amount_oracle``: amounts above 220 (scenario 1) first, then the amount over the
       customer's true mean (of all their legitimate amounts in the file; a detector can only
       estimate it from the past);
@@ -392,7 +393,9 @@ def ceilings(tx_path: str, d: EvalData) -> dict[str, float]:
         any(t - horizon <= ft < t and fa > 3 * m for ft, fa in s3.get(u, ()))
         for u, t, m in zip(d.users.tolist(), when.tolist(), mean.tolist(), strict=True)
     ])
-    visible = (y == 1) & (d.scenario != 2)
+    # (a compromised terminal's transaction above 220 is scenario 1's too, numbered 2 by the
+    # simulator, which applies the scenarios in order: its amount gives it away)
+    visible = (y == 1) & ((d.scenario != 2) | (amount > SCENARIO_1_LIMIT))
 
     def ap(score: np.ndarray) -> float:
         return float(average_precision_score(y, score))
