@@ -56,11 +56,18 @@ def dead_letter_message(d: DeadLetter) -> KafkaSinkMessage[bytes | None, bytes]:
     return KafkaSinkMessage(key=None, value=json.dumps(body).encode())
 
 
+_UTC_Z = orjson.OPT_UTC_Z
+"""A UTC time as ``...Z`` (any other offset as ``+hh:mm``), with its microseconds when it has
+any: what ``isoformat()`` writes, ``+00:00`` made ``Z``, without building the string first."""
+
+
 def decision_json(d: Decision) -> dict[str, object]:
+    """The fields of a decision's message (its ``timestamp`` a datetime: dump it with
+    ``orjson`` and ``OPT_UTC_Z``, as :func:`decision_messages` does)."""
     return {
         "transaction_id": d.txn.transaction_id,
         "user_id": d.txn.user_id,
-        "timestamp": d.txn.timestamp.isoformat().replace("+00:00", "Z"),
+        "timestamp": d.txn.timestamp,
         "decision": d.severity,
         "alert": d.is_alert,
         "snoozed": d.snoozed,
@@ -72,13 +79,29 @@ def decision_json(d: Decision) -> dict[str, object]:
 
 
 def decision_message(d: Decision) -> KafkaSinkMessage[bytes, bytes]:
-    return KafkaSinkMessage(key=d.txn.user_id.encode(), value=orjson.dumps(decision_json(d)))
+    return KafkaSinkMessage(key=d.txn.user_id.encode(),
+                            value=orjson.dumps(decision_json(d), option=_UTC_Z))
 
 
 def decision_messages(kds: list[tuple[str, Decision]]) -> list[tuple[str, tuple[bytes, bytes]]]:
     """``(user shard, (key, value))`` of a batch of ``(user shard, Decision)`` items, for
-    :class:`DecisionSink`."""
-    return [(k, (d.txn.user_id.encode(), orjson.dumps(decision_json(d)))) for k, d in kds]
+    :class:`DecisionSink`.
+
+    >>> from datetime import UTC, datetime
+    >>> from decimal import Decimal
+    >>> from operators.records import Reason, Txn
+    >>> t = Txn("t1", "u1", Decimal("9.5"), datetime(2018, 4, 1, 7, 30, 0, 250, tzinfo=UTC),
+    ...         "EUR", Decimal("9.5"))
+    >>> d = Decision(t, 5.5, 3.5, "review", (Reason("velocity", "5 in 10 min", 5.0),), {},
+    ...              {}, "txw")
+    >>> [(k, (key, value))] = decision_messages([("7", d)])
+    >>> k, key, value[:79]
+    ('7', b'u1', b'{"transaction_id":"t1","user_id":"u1","timestamp":"2018-04-01T07:30:00.000250Z"')
+    >>> json.loads(value)["reasons"], json.loads(value)["alert"]
+    (['velocity'], True)
+    """
+    return [(k, (d.txn.user_id.encode(), orjson.dumps(decision_json(d), option=_UTC_Z)))
+            for k, d in kds]
 
 
 def _producer_config(settings: Settings) -> dict[str, str]:
