@@ -4,10 +4,13 @@ Delivery: at-least-once from Bytewax (after a resume, up to one snapshot interva
 is emitted again), made exactly-once in the table by ``ON CONFLICT (transaction_id)``, which
 updates only the detection columns, so a replay never resets an analyst's review.
 
-When the database is unreachable, alerts wait in a backlog (retried in the background with
-exponential backoff); the backlog is part of the sink's recovery snapshot, so a crash during
-an outage loses nothing. Past ``TXWATCH_SINK_MAX_BACKLOG`` the sink blocks, which holds the
-whole worker (and its input) back until the database answers again.
+Each partition's own thread writes its backlog, so the worker appends a batch's alerts and
+goes on instead of waiting for a round trip to the database; a row leaves the backlog once
+its transaction has committed. The backlog is part of the sink's recovery snapshot, so a crash
+loses nothing, during an outage or a write. When the database is unreachable, the thread
+retries with exponential backoff; past ``TXWATCH_SINK_MAX_BACKLOG`` (alerts waiting in the
+process) the sink blocks, which holds the whole worker (and its input) back until the
+database answers again.
 """
 
 from __future__ import annotations
@@ -105,24 +108,36 @@ class _AlertPartition(StatefulSinkPartition[tuple[Any, ...], list[tuple[Any, ...
         self.retry_max = retry_max
         self.backlog: list[tuple[Any, ...]] = list(resume or [])
         self.conn: psycopg.Connection[Any] | None = None
-        self.lock = threading.Lock()
-        self.wake = threading.Event()
-        self.stopping = False
+        self.lock = threading.Lock()  # the backlog (appended by the worker, trimmed here)
+        self.writing = threading.Lock()  # one writer at a time: the thread, or close()
+        self.wake = threading.Event()  # rows to write (set by write_batch)
+        self.stopping = threading.Event()
         self.backoff = 0.1
-        self.thread = threading.Thread(target=self._retry_loop, name="alert-sink", daemon=True)
-        self.thread.start()
+        self.failing = False  # the last write failed: the next one is a retry
         _Backlog.add(len(self.backlog))
+        if self.backlog:
+            self.wake.set()  # (a resumed backlog is written first)
+        self.thread = threading.Thread(target=self._write_loop, name="alert-sink", daemon=True)
+        self.thread.start()
 
     def _connect(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:
             self.conn = psycopg.connect(self.dsn, connect_timeout=5)
         return self.conn
 
-    def _flush_locked(self) -> bool:
-        """Write the backlog in batches; True when it is empty. Caller holds the lock."""
+    def _write(self) -> bool:
+        """Write the backlog in batches; True when it is empty. The caller holds ``writing``;
+        the backlog's lock is held only to read and trim it, never over a round trip, so the
+        worker keeps appending (and snapshotting) while rows are on their way: a row leaves
+        the backlog, and so the recovery snapshot, once its transaction has committed."""
         m = get_metrics()
-        while self.backlog:
-            batch = self.backlog[: self.batch_size]
+        while True:
+            with self.lock:
+                batch = self.backlog[: self.batch_size]
+            if not batch:
+                return True
+            if self.failing:
+                m.sink_retries.labels(sink=SINK).inc()
             # one row per transaction id in a batch (the last decision wins)
             rows = list({r[0]: r for r in batch}.values())
             t0 = time.perf_counter()
@@ -131,8 +146,8 @@ class _AlertPartition(StatefulSinkPartition[tuple[Any, ...], list[tuple[Any, ...
                 with conn.transaction(), conn.cursor() as cur:
                     cur.executemany(
                         UPSERT,
-                        [(*r[:14], Jsonb(json.loads(r[14])), Jsonb(json.loads(r[15])),
-                          Jsonb(json.loads(r[16])), *r[17:]) for r in rows],
+                        [(*r[:14], Jsonb(r[14], _as_is), Jsonb(r[15], _as_is),
+                          Jsonb(r[16], _as_is), *r[17:]) for r in rows],
                     )
             except psycopg.Error as e:
                 m.sink_errors.labels(sink=SINK).inc()
@@ -141,60 +156,72 @@ class _AlertPartition(StatefulSinkPartition[tuple[Any, ...], list[tuple[Any, ...
                     with contextlib.suppress(psycopg.Error):
                         self.conn.close()
                 self.conn = None
+                self.failing = True
                 return False
             m.sink_write_seconds.observe(time.perf_counter() - t0)
             m.sink_batch_size.observe(len(rows))
             m.sink_rows_written.labels(sink=SINK).inc(len(rows))
-            del self.backlog[: len(batch)]
+            with self.lock:
+                del self.backlog[: len(batch)]
             _Backlog.add(-len(batch))
             self.backoff = 0.1
-        return True
+            self.failing = False
 
-    def _retry_loop(self) -> None:
-        while not self.stopping:
-            self.wake.wait(self.backoff)
+    def _write_loop(self) -> None:
+        # woken by each batch the worker appends; after a failure it waits out the backoff
+        # (doubling up to retry_max) before the next try, however many batches arrive
+        while True:
+            if not self.failing:
+                self.wake.wait()
             self.wake.clear()
-            with self.lock:
-                if self.backlog and not self.stopping:
-                    get_metrics().sink_retries.labels(sink=SINK).inc()
-                    if not self._flush_locked():
-                        self.backoff = min(self.retry_max, self.backoff * 2)
+            if self.stopping.is_set():
+                return
+            with self.writing:
+                ok = self._write()
+            if not ok:
+                self.backoff = min(self.retry_max, self.backoff * 2)
+                if self.stopping.wait(self.backoff):
+                    return
 
     def write_batch(self, values: list[Any]) -> None:
         rows = [alert_row(v) if isinstance(v, Decision) else v for v in values]
-        with self.lock:
-            self.backlog.extend(rows)
+        if rows:
+            with self.lock:
+                self.backlog.extend(rows)
             _Backlog.add(len(rows))
-            if self._flush_locked():
-                return
-        # the database is unreachable: keep going while the backlog is bounded, then hold
-        # the worker (and so the input) back until the background retries drain it
+            self.wake.set()
+        # while the database is slow or unreachable, keep going as long as the backlog is
+        # bounded, then hold the worker (and so the input) back until the writes drain it
         while True:
             with self.lock:
                 if _Backlog.total <= self.max_backlog or not self.backlog:
                     return
-            self.wake.set()
-            time.sleep(min(self.backoff, 1.0))  # waiting on an external service
+            time.sleep(0.05)  # waiting on an external service
 
     def snapshot(self) -> list[tuple[Any, ...]]:
         with self.lock:
             return list(self.backlog)
 
     def close(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+        self.thread.join()
         # at shutdown, keep trying to write what is left (a clean stop loses nothing)
         deadline = time.monotonic() + 10 * self.retry_max
-        while True:
-            with self.lock:
-                if self._flush_locked() or time.monotonic() > deadline:
-                    break
-            time.sleep(min(self.backoff, 1.0))
-        self.stopping = True
-        self.wake.set()
+        with self.writing:
+            while not self._write() and time.monotonic() < deadline:
+                time.sleep(min(self.backoff, 1.0))
+                self.backoff = min(self.retry_max, self.backoff * 2)
         if self.backlog:
             log.error("alert sink closing with %d unwritten alerts (kept in the recovery "
                       "snapshot when recovery is on)", len(self.backlog))
         if self.conn is not None:
             self.conn.close()
+
+
+def _as_is(text: str) -> str:
+    """The JSON of a backlog row's column as it is (:func:`alert_row` wrote it)."""
+    return text
 
 
 class AlertSink(FixedPartitionedSink[tuple[Any, ...], list[tuple[Any, ...]]]):
