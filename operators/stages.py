@@ -332,6 +332,9 @@ class _OrderedStage:
         self.cfg = cfg
         self.buf = buf
         self.bm = _BatchMetrics()
+        # wall clock of the last advance of the origins' watermark (``buf.settled``): the
+        # hold releases nothing while it keeps advancing (see on_notify)
+        self.settled_at = _now()
 
     def _take(self, item: Any, out: list[Any]) -> None:  # pragma: no cover - abstract
         """Process one released (or unordered, or late) item, appending what it emits."""
@@ -365,6 +368,7 @@ class _OrderedStage:
         process = self._take
         now: float | None = None
         last_wm: Watermark | None = None
+        settled = buf.settled
         for value in values:
             wm: Any = self._watermark_of(value)  # (a Watermark, or packed ones)
             if wm is not None:
@@ -392,6 +396,8 @@ class _OrderedStage:
                     now = _now()
                 buf.push(key, value, now)
         if last_wm is not None:
+            if buf.settled > settled:
+                self.settled_at = _now() if now is None else now
             # one watermark out per batch, after everything it covers: the ones between
             # would only make the next stage release the same items in more steps
             self._on_watermark(last_wm, out)
@@ -409,11 +415,19 @@ class _OrderedStage:
         oldest = self.buf.oldest_arrival()
         if oldest is None:
             return None
-        return datetime.fromtimestamp(oldest + self.cfg.max_hold, tz=UTC)
+        return datetime.fromtimestamp(max(oldest, self.settled_at) + self.cfg.max_hold, tz=UTC)
 
     def on_notify(self) -> tuple[Iterable[Any], bool]:
+        """The hold: once the origins' watermark has stood still for ``max_hold`` seconds of
+        wall clock (an origin gone quiet), release what has waited that long. While every
+        origin keeps advancing, as when the flow catches up on a backlog with one partition
+        behind the others in event time, the watermarks alone release, in event-time order,
+        and the scores do not depend on the wall clock."""
         out: list[Any] = []
-        for it in self.buf.expire(_now() - self.cfg.max_hold + 1e-3, self._ready):
+        cutoff = _now() - self.cfg.max_hold + 1e-3
+        if self.settled_at >= cutoff:
+            return out, StatefulBatchLogic.RETAIN
+        for it in self.buf.expire(cutoff, self._ready):
             self._take(it, out)
         self._on_watermark(Watermark("hold", self.buf.watermark, 0), out)
         self.bm.flush(self.stage)

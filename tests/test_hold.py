@@ -89,3 +89,34 @@ def test_labels_of_transactions_the_terminal_never_counted_keep_the_ratio_at_mos
     assert f["term_risk_1d"] == 1.0 and f["term_risk_7d"] == 1.0
     assert all(0.0 <= f[k] <= 1.0 for k in f if "risk" in k)
     assert f["term_last3_frauds"] == 3.0  # the labels still say the terminal is compromised
+
+
+def test_the_hold_waits_while_every_partition_advances_and_releases_a_quiet_one(monkeypatch):
+    # catching up on a backlog: p1 is behind p0 in event time, but its watermark keeps
+    # advancing, so the watermarks release in event-time order however long the wait; only a
+    # partition gone quiet lets the hold release
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(stages, "_now", lambda: clock["now"])
+    cfg = stage_config(replay_settings(logical_shards=1), 2, snapshots=False, max_hold=1.0)
+    stage = TerminalStage("t0", cfg, None)
+
+    def txns(out) -> list[str]:
+        return [x[1].transaction_id for x in out if x[0] == "t"]
+
+    assert txns(stage.on_batch([_txn("a", T0 + 100), Watermark("p0", T0 + 100, 2),
+                                Watermark("p1", T0 + 10, 2)])[0]) == []
+    for step in range(1, 4):  # p1 advances every 0.8 s, a waits 2.4 s
+        clock["now"] += 0.8
+        assert txns(stage.on_batch([Watermark("p1", T0 + 10 + step, 2)])[0]) == []
+        assert txns(stage.on_notify()[0]) == []
+        assert stage.notify_at().timestamp() == pytest.approx(clock["now"] + 1.0)
+    # b, from p1, is earlier than a: it goes first, and is not late
+    out = stage.on_batch([_txn("b", T0 + 50), _txn("c", T0 + 150),
+                          Watermark("p1", T0 + 120, 2)])[0]
+    assert txns(out) == ["b", "a"] and stage.bm.late == 0
+    # then p1 goes quiet (p0 goes on): after max_hold, the hold releases c
+    stage.on_batch([Watermark("p0", T0 + 200, 2)])
+    clock["now"] += 0.9
+    assert txns(stage.on_notify()[0]) == []
+    clock["now"] += 0.2
+    assert txns(stage.on_notify()[0]) == ["c"]

@@ -103,8 +103,10 @@ class Settings(BaseSettings):
     lateness_seconds: float = 0.25
     """TXWATCH_LATENESS_SECONDS: event-time lateness of the ordering buffers (watermark)."""
     max_hold_seconds: float = 1.0
-    """TXWATCH_MAX_HOLD_SECONDS: wall-clock time after which a buffered event is released even
-    if the watermark has not passed it (live streams with gaps). Large in reproducible runs."""
+    """TXWATCH_MAX_HOLD_SECONDS: once the watermark has stood still for this long (wall clock:
+    a partition gone quiet), buffered events that have waited this long are released even if
+    the watermark has not passed them (live streams with gaps). While the watermark advances,
+    only it releases. Large in reproducible runs."""
     logical_shards: int = 16
     """TXWATCH_LOGICAL_SHARDS: fixed number of shards of user ids and terminal ids; results do
     not depend on the number of workers, but change if this changes."""
