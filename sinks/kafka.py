@@ -78,11 +78,6 @@ def decision_json(d: Decision) -> dict[str, object]:
     }
 
 
-def decision_message(d: Decision) -> KafkaSinkMessage[bytes, bytes]:
-    return KafkaSinkMessage(key=d.txn.user_id.encode(),
-                            value=orjson.dumps(decision_json(d), option=_UTC_Z))
-
-
 def decision_messages(kds: list[tuple[str, Decision]]) -> list[tuple[str, tuple[bytes, bytes]]]:
     """``(user shard, (key, value))`` of a batch of ``(user shard, Decision)`` items, for
     :class:`DecisionSink`.
