@@ -12,12 +12,14 @@ import pytest
 from producer.config import SimConfig
 from producer.simulator import iter_transactions
 from txwatch.evaluation import (
+    EvalData,
     _amount_density,
     compromise_posterior,
     evaluate,
     format_report,
     load,
     operating_point,
+    spree_shared_ceiling,
 )
 
 
@@ -207,6 +209,50 @@ def test_the_spree_ceiling_finds_the_runs_the_amount_cannot(sprees, scored):
     # no spree in the window, no spree ceiling
     assert "spree_ceiling" not in evaluate(str(scored[0]), str(scored[1]), *window,
                                            with_ceilings=True)
+
+
+def test_the_shared_spree_ceiling_gives_the_spree_what_the_others_leave(sprees):
+    # alone in the window, the spree has the whole allowance: the pace oracle itself
+    tx, scores = sprees
+    res = evaluate(str(tx), str(scores), date(2018, 8, 8), date(2018, 8, 14),
+                   with_ceilings=True, legit_per_1000=5.0)
+    shared = res["spree_ceiling"]["shared"]
+    assert shared["by"] == {} and shared["spree"] == res["spree_ceiling"]["pace_oracle"]
+    assert "shared_velocity" not in res["spree_ceiling"]  # this file has no velocity
+    assert "alerting no amount (txwatch.evaluation.spree_shared_ceiling)" in format_report(res)
+    # beside card tests and takeovers: against every cut of the pace, lowered one at a time
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        n = 600
+        scen = rng.choice([0, 4, 5, 6], size=n, p=[0.85, 0.05, 0.05, 0.05])
+        fraud = (scen > 0).astype(int)
+        comps = {"a": rng.normal(size=n) + 2.0 * (scen == 4), "b": rng.normal(size=n)
+                 + 2.0 * (scen == 5)}
+        pace = rng.normal(size=n) + 2.5 * (scen == 6)
+        d = EvalData([], np.zeros(n), np.zeros(n), fraud, scen, rng.normal(size=n),
+                     np.zeros(n, dtype=bool), comps)
+        rate = float(rng.choice([5.0, 20.0, 60.0]))
+        got = spree_shared_ceiling(d, pace, rate)
+        legit = fraud == 0
+        allowed = int(rate * legit.sum() / 1000.0 + 1e-9)
+        best_cost, others = {}, np.zeros(n, dtype=bool)
+        for s, name in got["by"].items():  # each chosen ordering finds 80 % at least cost
+            for k, x in [("score", d.score), *comps.items()]:
+                found = np.sort(x[scen == int(s)])[::-1]
+                alert = x >= found[int(np.ceil(0.8 * len(found))) - 1]
+                assert alert[scen == int(s)].mean() >= 0.8
+                best_cost[k] = int(alert[legit].sum())
+                if k == name:
+                    others |= alert
+            assert best_cost[name] == min(best_cost.values())
+        # the pace's lowest cut within what the others leave (none if they take it all)
+        left, spree = max(allowed - int(others[legit].sum()), 0), others.copy()
+        for cut in np.sort(pace)[::-1]:
+            if ((pace >= cut) & legit & ~others).sum() <= left:
+                spree = others | (pace >= cut)
+        assert got["spree"] == pytest.approx(spree[scen == 6].mean())
+        assert got["legit_alerts_per_1000"] <= rate or others[legit].sum() > allowed
+        assert got["spree"] >= others[scen == 6].mean()
 
 
 def test_each_component_has_its_operating_point(sprees):

@@ -14,8 +14,10 @@
   chosen knowing the labels, so it measures the ranking, apart from the decision's thresholds
   and budgets (:func:`operating_point`);
 * with ``--ceilings``, what orderings that know the ground truth reach: the AP of label-free
-  oracles (:func:`ceilings`) and the spree's recall at the operating point of the pace of its
-  runs judged against each customer's true rate (:func:`spree_pace_oracle`).
+  oracles (:func:`ceilings`), the spree's recall at the operating point of the pace of its
+  runs judged against each customer's true rate (:func:`spree_pace_oracle`), and the same
+  when card testing and takeovers take their share of that allowance
+  (:func:`spree_shared_ceiling`).
 """
 
 from __future__ import annotations
@@ -231,9 +233,14 @@ def evaluate(tx_path: str, scores_path: str, start: date = date(2018, 8, 8),
         res["components"][k]["operating_point"] = operating_point(d, v, legit_per_1000)
     if with_ceilings:
         res["ceilings"] = ceilings(tx_path, d)
-        spree = spree_pace_oracle(tx_path, d, legit_per_1000)
-        if spree is not None:
-            res["spree_ceiling"] = {"pace_oracle": spree, "legit_per_1000": legit_per_1000}
+        pace = spree_pace_scores(tx_path, d)
+        if pace is not None:
+            spree = operating_point(d, pace, legit_per_1000)["scenarios"][str(SPREE)]
+            res["spree_ceiling"] = {"pace_oracle": spree, "legit_per_1000": legit_per_1000,
+                                    "shared": spree_shared_ceiling(d, pace, legit_per_1000)}
+            if "velocity" in d.components:  # the flow's own pace in the oracle's place
+                res["spree_ceiling"]["shared_velocity"] = spree_shared_ceiling(
+                    d, d.components["velocity"], legit_per_1000)
     if plots_dir:
         res["plots"] = plots(d, plots_dir)
     return res
@@ -448,6 +455,16 @@ def spree_pace_oracle(tx_path: str, d: EvalData, legit_per_1000: float) -> float
     >>> spree_pace_oracle(path, d, 1.0)  # 3 of the spree's 4 purchases
     0.75
     """
+    pace = spree_pace_scores(tx_path, d)
+    if pace is None:
+        return None
+    return operating_point(d, pace, legit_per_1000)["scenarios"].get(str(SPREE))
+
+
+def spree_pace_scores(tx_path: str, d: EvalData) -> np.ndarray | None:
+    """The ordering :func:`spree_pace_oracle` judges, one score per evaluated transaction
+    (``-log`` of the smallest Poisson tail of the runs it ends, at the customer's true rate):
+    ``None`` when the window has no spree."""
     from operators.user import PACE_SECS, poisson_tail
 
     if not (d.scenario == SPREE).any():
@@ -508,7 +525,59 @@ def spree_pace_oracle(tx_path: str, d: EvalData, legit_per_1000: float) -> float
                 break
             best = min(best, poisson_tail(j, per_day * share(sod, max(span, 60.0))))
         score[i] = -math.log(max(best, 1e-300))
-    return operating_point(d, score, legit_per_1000)["scenarios"].get(str(SPREE))
+    return score
+
+
+def spree_shared_ceiling(d: EvalData, pace: np.ndarray, legit_per_1000: float,
+                         keep: float = 0.8) -> dict[str, Any] | None:
+    """The spree's recall when the legitimate alerts allowed are shared with the other
+    behavioural scenarios: ``None`` when the window has no spree.
+
+    The issue wants card testing (4), takeovers (5) and the spree each found at recall
+    ``keep`` within one allowance of legitimate alerts. Each of 4 and 5 present in the window
+    is alerted at recall ``keep`` by the single ordering, among the score and its
+    components, that does so with the fewest legitimate alerts (its cut chosen knowing the
+    labels); amounts (scenarios 1 and 3) are not alerted at all; then ``pace`` (e.g.
+    :func:`spree_pace_scores`) takes the lowest cut whose legitimate alerts, beyond theirs,
+    fit in what they leave of the allowance (none if they take it all). Every cut is chosen
+    knowing the labels: it is what is left for the spree once the other two targets are met,
+    each by the ordering that is cheapest on its own.
+
+    >>> d = EvalData([], np.array(["u"] * 8), np.zeros(8), np.array([0, 0, 0, 0, 1, 1, 1, 1]),
+    ...              np.array([0, 0, 0, 0, 5, 5, 6, 6]), np.zeros(8), np.zeros(8, dtype=bool),
+    ...              {"travel": np.array([0., 0, 0, 9, 9, 9, 0, 0])})  # one legitimate flag
+    >>> pace = np.array([0., 1, 2, 3, 0, 0, 5, 0.5])
+    >>> r = spree_shared_ceiling(d, pace, 500.0)  # two legitimate alerts allowed
+    >>> r["spree"], r["by"], r["legit_alerts_per_1000"]  # one left for the spree's cut
+    (0.5, {'5': 'travel'}, 500.0)
+    """
+    if not (d.scenario == SPREE).any():
+        return None
+    legit = d.fraud == 0
+    allowed = int(legit_per_1000 * int(legit.sum()) / 1000.0 + 1e-9)
+    others = np.zeros(len(d.scenario), dtype=bool)
+    by: dict[str, str] = {}
+    for s in (4, 5):  # card testing, takeover
+        if not (d.scenario == s).any():
+            continue
+        best: tuple[int, str, np.ndarray] | None = None
+        for name, x in [("score", d.score), *sorted(d.components.items())]:
+            found = np.sort(x[d.scenario == s])[::-1]
+            cut = found[min(math.ceil(keep * len(found) - 1e-9), len(found)) - 1]
+            alert = x >= cut
+            cost = int(alert[legit].sum())
+            if best is None or cost < best[0]:
+                best = (cost, name, alert)
+        assert best is not None
+        by[str(s)] = best[1]
+        others |= best[2]
+    # the pace's lowest cut whose legitimate alerts, beyond the others', fit what is left
+    free = np.sort(pace[legit & ~others])[::-1]
+    left = allowed - int(others[legit].sum())
+    cut = free[max(left, 0)] if max(left, 0) < len(free) else -np.inf
+    spree = others | (pace > cut)
+    return {"spree": float(spree[d.scenario == SPREE].mean()), "by": by, "keep": keep,
+            "legit_alerts_per_1000": float(1000 * spree[legit].mean())}
 
 
 def plots(d: EvalData, out_dir: str) -> list[str]:
@@ -584,6 +653,15 @@ def format_report(res: dict[str, Any]) -> str:
         out.append(f"  spree recall at {sc['legit_per_1000']:g} legitimate alerts per 1,000, "
                    f"the pace of its runs against each customer's true rate "
                    f"(txwatch.evaluation.spree_pace_oracle): {sc['pace_oracle']:.3f}")
+        sh = sc.get("shared")
+        if sh:
+            by = ", ".join(f"{s} by {c}" for s, c in sh["by"].items()) or "none in the window"
+            vel = sc.get("shared_velocity")
+            out.append(f"  the same, sharing the allowance with card testing and takeovers at "
+                       f"recall {sh['keep']:g} ({by}) and alerting no amount "
+                       f"(txwatch.evaluation.spree_shared_ceiling): {sh['spree']:.3f}"
+                       + (f"; with the flow's velocity in place of the oracle's pace "
+                          f"{vel['spree']:.3f}" if vel else ""))
     return "\n".join(out)
 
 

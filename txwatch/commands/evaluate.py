@@ -75,7 +75,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "compromised cards, and of each transaction's probability of fraud given its "
                    "card's amounts under the simulator's own design (Bayes); and the spree's "
                    "recall at the operating point of the pace of its runs against each "
-                   "customer's true rate")
+                   "customer's true rate, alone and when card testing and takeovers take "
+                   "their share of the legitimate alerts at recall 0.8")
     p.add_argument("--legit-rate", type=_rate, default=1.0, metavar="R",
                    help="the operating point: recall per scenario of the score alone at the "
                    "threshold that alerts at most R of every 1,000 legitimate transactions, "
