@@ -577,7 +577,7 @@ def spree_shared_ceiling(d: EvalData, pace: np.ndarray, legit_per_1000: float,
     cut = free[max(left, 0)] if max(left, 0) < len(free) else -np.inf
     spree = others | (pace > cut)
     return {"spree": float(spree[d.scenario == SPREE].mean()), "by": by, "keep": keep,
-            "legit_alerts_per_1000": float(1000 * spree[legit].mean())}
+            "legit_alerts_per_1000": float(1000 * spree[legit].mean()) if legit.any() else 0.0}
 
 
 def plots(d: EvalData, out_dir: str) -> list[str]:
